@@ -1,0 +1,425 @@
+"""Learning-rate schedules: pure ``step -> learning rate`` functions (``optax.Schedule``).
+
+Horizon-free ("anytime") schedules need no total step count: ``constant``, ``inverse_sqrt`` and
+``polynomial_decay``. Horizon-bound ones need it: ``cosine``, ``linear``, ``wsd``. A cooldown can
+be started from any step of any main schedule with ``decay_branch``, which is how WSD decay
+branches and WSD-S (``wsd_s``) are built.
+
+Every schedule takes ``peak_value`` and an optional linear warmup from
+``warmup_init_fraction * peak_value`` to ``peak_value`` over ``warmup_steps`` steps. All are
+jit-able and accept a Python int or an integer/float array step. Only jax + optax are imported.
+
+References:
+  Meterez et al. 2026, "Anytime pretraining: horizon-free learning-rate schedules with weight
+    averaging" (arXiv 2602.03702).
+  Hu et al. 2024, "MiniCPM" (WSD schedule, exponential cooldown).
+  Hägele et al. 2024, "Scaling laws and compute-optimal training beyond fixed training
+    durations" (1-sqrt cooldown).
+  Wen et al. 2024, "Understanding warmup-stable-decay learning rates: a river valley loss
+    landscape perspective" (WSD-S).
+  Loshchilov & Hutter 2017, "SGDR: stochastic gradient descent with warm restarts".
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Schedule = optax.Schedule
+
+COOLDOWN_SHAPES = ("linear", "1-sqrt", "cosine", "exponential", "square")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_nonnegative_int(name: str, value: Any) -> int:
+  if isinstance(value, bool) or not float(value).is_integer() or value < 0:
+    raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+  return int(value)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+  value = _check_nonnegative_int(name, value)
+  if value == 0:
+    raise ValueError(f"{name} must be a positive integer, got 0")
+  return value
+
+
+def _check_fraction(name: str, value: Any, *, open_right: bool = False) -> float:
+  value = float(value)
+  if not (0.0 <= value < 1.0 if open_right else 0.0 <= value <= 1.0):
+    accepted = "[0, 1)" if open_right else "[0, 1]"
+    raise ValueError(f"{name} must be in {accepted}, got {value!r}")
+  return value
+
+
+def _check_positive(name: str, value: Any) -> float:
+  value = float(value)
+  if not value > 0 or not math.isfinite(value):
+    raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+  return value
+
+
+def _check_shape(shape: str) -> str:
+  if shape not in COOLDOWN_SHAPES:
+    raise ValueError(f"shape must be one of {COOLDOWN_SHAPES}, got {shape!r}")
+  return shape
+
+
+def _guard_step(schedule: Callable[[Any], jax.Array]) -> Schedule:
+  """Rejects concrete negative steps; traced steps pass through unchanged."""
+
+  def guarded(step):
+    if isinstance(step, (int, np.integer, float, np.floating)) and step < 0:
+      raise ValueError(f"step must be >= 0, got {step!r}")
+    return schedule(jnp.asarray(step))
+
+  return guarded
+
+
+def _with_warmup(
+    body: Schedule, peak_value: float, warmup_steps: int, warmup_init_fraction: float
+) -> Schedule:
+  """Linear warmup to ``peak_value``, then ``body(step - warmup_steps)``."""
+  warmup_steps = _check_nonnegative_int("warmup_steps", warmup_steps)
+  warmup_init_fraction = _check_fraction("warmup_init_fraction", warmup_init_fraction)
+  if warmup_steps == 0:
+    return _guard_step(body)
+  warmup = optax.linear_schedule(warmup_init_fraction * peak_value, peak_value, warmup_steps)
+  return _guard_step(optax.join_schedules([warmup, body], [warmup_steps]))
+
+
+# --------------------------------------------------------------------------- horizon-free
+
+
+def constant(
+    peak_value: float, *, warmup_steps: int = 0, warmup_init_fraction: float = 0.0
+) -> Schedule:
+  """Constant learning rate after an optional linear warmup."""
+  peak_value = _check_positive("peak_value", peak_value)
+  return _with_warmup(
+      optax.constant_schedule(peak_value), peak_value, warmup_steps, warmup_init_fraction
+  )
+
+
+def polynomial_decay(
+    peak_value: float,
+    *,
+    exponent: float,
+    offset: float = 1.0,
+    warmup_steps: int = 0,
+    warmup_init_fraction: float = 0.0,
+) -> Schedule:
+  """Shifted polynomial decay ``peak * (offset / (s + offset)) ** exponent``, s = t - warmup.
+
+  Horizon-free for any ``exponent`` in [0, 1). ``offset=1`` is the plain ``(s + 1)^-exponent``;
+  the seed paper's LM runs use an offset of about 4x the warmup length. The right exponent for a
+  problem of capacity a and source b is ``anytime_exponent(a, b)``.
+  """
+  peak_value = _check_positive("peak_value", peak_value)
+  exponent = _check_fraction("exponent", exponent, open_right=True)
+  offset = _check_positive("offset", offset)
+
+  def body(step):
+    s = jnp.maximum(jnp.asarray(step, jnp.float32), 0.0)
+    return peak_value * (offset / (s + offset)) ** exponent
+
+  return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
+
+
+def inverse_sqrt(
+    peak_value: float,
+    *,
+    offset: float = 1.0,
+    warmup_steps: int = 0,
+    warmup_init_fraction: float = 0.0,
+) -> Schedule:
+  """Shifted inverse square root ``peak * sqrt(offset / (s + offset))``, s = t - warmup."""
+  return polynomial_decay(
+      peak_value,
+      exponent=0.5,
+      offset=offset,
+      warmup_steps=warmup_steps,
+      warmup_init_fraction=warmup_init_fraction,
+  )
+
+
+def anytime_exponent(capacity: float, source: float) -> float:
+  """The optimal decay exponent ``gamma* = max(1 - a/b, 0)`` of an anytime schedule.
+
+  Theory (Meterez et al. 2026): linear regression with a power-law spectrum, eigenvalues
+  ``lambda_i ~ i^-a`` (capacity ``a > 1``) and target ``lambda_i (w*_i)^2 ~ i^-b`` (source
+  ``b > 1``). One-pass SGD with ``eta_t ~ t^-gamma`` and an average of the iterates reaches the
+  minimax rate ``(sigma^2/N)^(1 - 1/b)`` at every N when ``gamma = gamma*``: a constant LR
+  (``gamma* = 0``) when b <= a, ``1/sqrt(t)`` when b = 2a.
+  """
+  capacity = float(capacity)
+  source = float(source)
+  if not capacity > 1:
+    raise ValueError(f"capacity must be > 1, got {capacity!r}")
+  if not source > 1:
+    raise ValueError(f"source must be > 1, got {source!r}")
+  return max(1.0 - capacity / source, 0.0)
+
+
+# --------------------------------------------------------------------------- horizon-bound
+
+
+def cosine(
+    peak_value: float,
+    *,
+    total_steps: int,
+    final_fraction: float = 0.1,
+    warmup_steps: int = 0,
+    warmup_init_fraction: float = 0.0,
+) -> Schedule:
+  """Cosine decay from peak (after warmup) to ``final_fraction * peak`` at ``total_steps``."""
+  peak_value = _check_positive("peak_value", peak_value)
+  total_steps = _check_positive_int("total_steps", total_steps)
+  final_fraction = _check_fraction("final_fraction", final_fraction)
+  if warmup_steps >= total_steps:
+    raise ValueError(
+        f"warmup_steps ({warmup_steps}) must be smaller than total_steps ({total_steps})"
+    )
+  body = optax.cosine_decay_schedule(peak_value, total_steps - warmup_steps, alpha=final_fraction)
+  return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
+
+
+def linear(
+    peak_value: float,
+    *,
+    total_steps: int,
+    final_fraction: float = 0.0,
+    warmup_steps: int = 0,
+    warmup_init_fraction: float = 0.0,
+) -> Schedule:
+  """Linear decay from peak (after warmup) to ``final_fraction * peak`` at ``total_steps``."""
+  peak_value = _check_positive("peak_value", peak_value)
+  total_steps = _check_positive_int("total_steps", total_steps)
+  final_fraction = _check_fraction("final_fraction", final_fraction)
+  if warmup_steps >= total_steps:
+    raise ValueError(
+        f"warmup_steps ({warmup_steps}) must be smaller than total_steps ({total_steps})"
+    )
+  body = optax.linear_schedule(peak_value, final_fraction * peak_value, total_steps - warmup_steps)
+  return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
+
+
+# --------------------------------------------------------------------------- cooldowns
+
+
+def cooldown_multiplier(progress: jax.Array, shape: str, final_fraction: float) -> jax.Array:
+  """Multiplier in [final_fraction, 1] of a cooldown at ``progress`` in [0, 1].
+
+  Shapes: ``linear`` 1 - p; ``1-sqrt`` 1 - sqrt(p) (Hägele et al. 2024); ``cosine``
+  (1 + cos(pi p)) / 2; ``square`` 1 - p^2; each rescaled to end at ``final_fraction``.
+  ``exponential`` is MiniCPM's half-life form ``0.5 ** (p * K / half_life)`` with the half-life
+  chosen so the cooldown of K steps ends at ``final_fraction`` (> 0), i.e. ``final_fraction ** p``.
+  """
+  _check_shape(shape)
+  final_fraction = _check_fraction("final_fraction", final_fraction)
+  p = jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, 1.0)
+  if shape == "exponential":
+    if final_fraction <= 0:
+      raise ValueError("final_fraction must be > 0 for the exponential cooldown shape, got 0")
+    return jnp.asarray(final_fraction, jnp.float32) ** p
+  decay = {
+      "linear": lambda: 1.0 - p,
+      "1-sqrt": lambda: 1.0 - jnp.sqrt(p),
+      "cosine": lambda: 0.5 * (1.0 + jnp.cos(jnp.pi * p)),
+      "square": lambda: 1.0 - p**2,
+  }[shape]()
+  return final_fraction + (1.0 - final_fraction) * decay
+
+
+def decay_branch(
+    main_schedule: Schedule,
+    branch_step: int,
+    cooldown_steps: int,
+    shape: str = "linear",
+    final_fraction: float = 0.0,
+) -> Schedule:
+  """The schedule of a decay branch taken from ``main_schedule`` at ``branch_step``.
+
+  Before ``branch_step`` it is the main schedule. From there the LR starts at the main
+  schedule's value ``v = main_schedule(branch_step)`` and cools down over ``cooldown_steps``
+  steps to ``final_fraction * v`` (for a constant main schedule: a fraction of the peak), then
+  stays there. Works from any step of any main schedule, so WSD branches can be started from
+  any checkpoint of an anytime run.
+  """
+  branch_step = _check_nonnegative_int("branch_step", branch_step)
+  cooldown_steps = _check_positive_int("cooldown_steps", cooldown_steps)
+  _check_shape(shape)
+  final_fraction = _check_fraction("final_fraction", final_fraction)
+  cooldown_multiplier(0.0, shape, final_fraction)  # validates shape x final_fraction eagerly.
+  start_value = main_schedule(branch_step)
+
+  def schedule(step):
+    step = jnp.asarray(step)
+    progress = (step.astype(jnp.float32) - branch_step) / cooldown_steps
+    cooled = start_value * cooldown_multiplier(progress, shape, final_fraction)
+    return jnp.where(step < branch_step, main_schedule(step), cooled)
+
+  return _guard_step(schedule)
+
+
+def wsd(
+    peak_value: float,
+    *,
+    total_steps: int,
+    cooldown_steps: int | None = None,
+    cooldown_fraction: float | None = None,
+    shape: str = "linear",
+    final_fraction: float = 0.0,
+    warmup_steps: int = 0,
+    warmup_init_fraction: float = 0.0,
+) -> Schedule:
+  """Warmup-stable-decay: warmup, constant at peak, cooldown over the last steps.
+
+  Give exactly one of ``cooldown_steps`` or ``cooldown_fraction`` (of ``total_steps``; 0.1-0.2
+  is typical). The cooldown ends at ``total_steps`` at ``final_fraction * peak``.
+  """
+  total_steps = _check_positive_int("total_steps", total_steps)
+  if (cooldown_steps is None) == (cooldown_fraction is None):
+    raise ValueError("give exactly one of cooldown_steps or cooldown_fraction")
+  if cooldown_fraction is not None:
+    cooldown_fraction = _check_fraction("cooldown_fraction", cooldown_fraction)
+    cooldown_steps = max(1, round(cooldown_fraction * total_steps))
+  cooldown_steps = _check_positive_int("cooldown_steps", cooldown_steps)
+  if warmup_steps + cooldown_steps > total_steps:
+    raise ValueError(
+        f"warmup_steps + cooldown_steps ({warmup_steps} + {cooldown_steps}) must not exceed "
+        f"total_steps ({total_steps})"
+    )
+  main = constant(peak_value, warmup_steps=warmup_steps, warmup_init_fraction=warmup_init_fraction)
+  return decay_branch(main, total_steps - cooldown_steps, cooldown_steps, shape, final_fraction)
+
+
+def wsd_s(
+    peak_value: float,
+    *,
+    decay_ends: Sequence[int],
+    cooldown_steps: int,
+    shape: str = "linear",
+    final_fraction: float = 0.0,
+    rewarmup_steps: int = 0,
+    warmup_steps: int = 0,
+    warmup_init_fraction: float = 0.0,
+) -> Schedule:
+  """The main-branch schedule of WSD-S (Wen et al. 2024).
+
+  Stable at peak, with a cooldown of ``cooldown_steps`` ending at each step in ``decay_ends``
+  (the budgets). After each decay the run continues from the decayed point at peak again:
+  immediately (default) or with a linear rewarmup from the decayed LR over ``rewarmup_steps``.
+  The LR is constant at peak after the last budget, so the run can go on forever.
+  """
+  peak_value = _check_positive("peak_value", peak_value)
+  cooldown_steps = _check_positive_int("cooldown_steps", cooldown_steps)
+  rewarmup_steps = _check_nonnegative_int("rewarmup_steps", rewarmup_steps)
+  _check_shape(shape)
+  final_fraction = _check_fraction("final_fraction", final_fraction)
+  ends = [_check_positive_int("decay_ends[i]", e) for e in decay_ends]
+  if not ends or sorted(ends) != ends or len(set(ends)) != len(ends):
+    raise ValueError(f"decay_ends must be a non-empty increasing list of steps, got {ends!r}")
+  previous_end = warmup_steps
+  for end in ends:
+    if end - cooldown_steps < previous_end:
+      raise ValueError(
+          f"decay_ends: the cooldown ending at {end} starts before step {previous_end} "
+          f"(the end of warmup or of the previous decay plus rewarmup)"
+      )
+    previous_end = end + rewarmup_steps
+  warm = constant(peak_value, warmup_steps=warmup_steps, warmup_init_fraction=warmup_init_fraction)
+  final_value = final_fraction * peak_value
+
+  def schedule(step):
+    step = jnp.asarray(step)
+    lr = warm(step)
+    for end in ends:
+      progress = (step.astype(jnp.float32) - (end - cooldown_steps)) / cooldown_steps
+      in_decay = (step >= end - cooldown_steps) & (step < end)
+      lr = jnp.where(in_decay, peak_value * cooldown_multiplier(progress, shape, final_fraction), lr)
+      if rewarmup_steps:
+        ramp = final_value + (peak_value - final_value) * (step - end) / rewarmup_steps
+        lr = jnp.where((step >= end) & (step < end + rewarmup_steps), ramp, lr)
+    return lr
+
+  return _guard_step(schedule)
+
+
+def cyclic_cosine(
+    peak_value: float,
+    *,
+    cycle_steps: int,
+    final_fraction: float = 0.1,
+    warmup_steps: int = 0,
+    warmup_init_fraction: float = 0.0,
+) -> Schedule:
+  """SGDR-style cosine with warm restarts: cycles of ``cycle_steps`` from peak to a fraction."""
+  peak_value = _check_positive("peak_value", peak_value)
+  cycle_steps = _check_positive_int("cycle_steps", cycle_steps)
+  cycle = optax.cosine_decay_schedule(peak_value, cycle_steps, alpha=final_fraction)
+  _check_fraction("final_fraction", final_fraction)
+
+  def body(step):
+    return cycle(jnp.mod(jnp.asarray(step), cycle_steps))
+
+  return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
+
+
+# --------------------------------------------------------------------------- config
+
+SCHEDULES: dict[str, Callable[..., Schedule]] = {
+    "constant": constant,
+    "inverse_sqrt": inverse_sqrt,
+    "polynomial_decay": polynomial_decay,
+    "cosine": cosine,
+    "linear": linear,
+    "wsd": wsd,
+    "wsd_s": wsd_s,
+    "cyclic_cosine": cyclic_cosine,
+}
+
+
+def from_config(config: Mapping[str, Any]) -> Schedule:
+  """Builds a schedule from a ConfigDict/dict: ``{"name": "cosine", "peak_value": ..., ...}``.
+
+  Every other key is passed to the schedule function of that name; unknown keys are refused.
+  A ``decay`` sub-dict ``{"branch_step", "cooldown_steps", "shape", "final_fraction"}`` turns
+  the schedule into a ``decay_branch`` of itself.
+  """
+  config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+  name = config.pop("name", None)
+  if name not in SCHEDULES:
+    raise ValueError(f"schedule.name must be one of {sorted(SCHEDULES)}, got {name!r}")
+  decay = config.pop("decay", None)
+  fn = SCHEDULES[name]
+  accepted = set(inspect.signature(fn).parameters)
+  unknown = sorted(set(config) - accepted)
+  if unknown:
+    raise ValueError(
+        f"schedule.{unknown[0]} is not an option of schedule {name!r}; accepted: {sorted(accepted)}"
+    )
+  missing = [
+      p.name
+      for p in inspect.signature(fn).parameters.values()
+      if p.default is inspect.Parameter.empty and p.name not in config
+  ]
+  if missing:
+    raise ValueError(f"schedule.{missing[0]} is required by schedule {name!r}")
+  schedule = fn(**config)
+  if decay:
+    decay = dict(decay)
+    unknown = sorted(set(decay) - {"branch_step", "cooldown_steps", "shape", "final_fraction"})
+    if unknown:
+      raise ValueError(f"schedule.decay.{unknown[0]} is not a decay-branch option")
+    schedule = decay_branch(schedule, **decay)
+  return schedule
