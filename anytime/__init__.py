@@ -3,7 +3,7 @@
 The library layer (``anytime.schedules``, ``anytime.averaging``) depends on jax + optax only.
 """
 
-from anytime import schedules
+from anytime import averaging, schedules
 
-__all__ = ["schedules"]
+__all__ = ["averaging", "schedules"]
 __version__ = "0.1.0"
