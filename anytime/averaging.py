@@ -23,7 +23,7 @@ Kinds (t counts the updates since the average's ``start_step``: t = 1 for the fi
 
 Common options: ``dtype`` of the stored average (float32 default, bfloat16 halves memory but
 drops increments below bf16 resolution), ``start_step`` (before it the average simply follows
-the raw params), ``every`` (fold in only every k-th iterate; the decay between two folds is
+the raw params, as it does until its first fold), ``every`` (fold in only every k-th iterate; the decay between two folds is
 the product of the per-step decays, so the time profile matches the per-step average's).
 """
 
@@ -226,7 +226,7 @@ class WithAveragesState(NamedTuple):
 
 
 def _cast(tree, dtype):
-  return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
+  return jax.tree.map(lambda x: jnp.array(x, dtype=dtype, copy=True), tree)
 
 
 def _zero_count():
@@ -303,7 +303,7 @@ def _update_average(spec: Average, state, new_params, step):
     mixed_b = _mix(state.younger, new_params, 1.0 / jnp.maximum(count_b, 1).astype(jnp.float32))
     switch = fold & (count_b.astype(jnp.float32) >= spec.fraction * total.astype(jnp.float32))
     params = _select(fold, _select(switch, mixed_b, mixed_a), state.params)
-    params = _select(active, params, _cast(new_params, spec.dtype))
+    params = _select(total > 0, params, _cast(new_params, spec.dtype))
     younger = _select(fold, mixed_b, state.younger)
     return TailState(
         params,
@@ -328,7 +328,7 @@ def _update_average(spec: Average, state, new_params, step):
     rate = 1.0 / jnp.maximum(count, 1).astype(jnp.float32)
   mixed = _mix(state.params, new_params, rate)
   params = _select(fold, mixed, state.params)
-  params = _select(active, params, _cast(new_params, spec.dtype))
+  params = _select(count > 0, params, _cast(new_params, spec.dtype))
   return AverageState(params, count, weight)
 
 

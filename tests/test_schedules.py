@@ -1,0 +1,163 @@
+"""Schedules against closed forms, continuity, optax equality and argument validation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from anytime import schedules
+
+STEPS = np.arange(0, 400)
+
+
+def values(schedule, steps=STEPS):
+  return np.asarray(jax.jit(jax.vmap(schedule))(jnp.asarray(steps)))
+
+
+def test_constant_with_warmup_closed_form():
+  sched = schedules.constant(2.0, warmup_steps=10, warmup_init_fraction=0.1)
+  v = values(sched)
+  expected = np.where(STEPS < 10, 0.2 + (2.0 - 0.2) * STEPS / 10, 2.0)
+  np.testing.assert_allclose(v, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("exponent,offset", [(0.5, 1.0), (0.5, 40.0), (0.3, 7.0), (0.0, 3.0)])
+def test_polynomial_decay_closed_form(exponent, offset):
+  sched = schedules.polynomial_decay(1e-3, exponent=exponent, offset=offset, warmup_steps=20)
+  v = values(sched)
+  s = np.maximum(STEPS - 20.0, 0.0)
+  expected = np.where(STEPS < 20, 1e-3 * STEPS / 20, 1e-3 * (offset / (s + offset)) ** exponent)
+  np.testing.assert_allclose(v, expected, rtol=1e-5)
+  assert np.all(np.diff(v[20:]) <= 1e-12)  # monotone non-increasing after warmup
+
+
+def test_inverse_sqrt_is_polynomial_half():
+  a = values(schedules.inverse_sqrt(1.0, offset=50.0, warmup_steps=5))
+  b = values(schedules.polynomial_decay(1.0, exponent=0.5, offset=50.0, warmup_steps=5))
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(a[5 + 150], math.sqrt(50 / 200), rtol=1e-6)
+
+
+def test_cosine_matches_optax_warmup_cosine():
+  ours = values(schedules.cosine(1.0, total_steps=300, final_fraction=0.1, warmup_steps=30))
+  ref = values(optax.warmup_cosine_decay_schedule(0.0, 1.0, 30, 300, end_value=0.1))
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
+  assert ours[300] == pytest.approx(0.1, rel=1e-6) and ours[399] == pytest.approx(0.1, rel=1e-6)
+
+
+def test_linear_closed_form():
+  v = values(schedules.linear(1.0, total_steps=200, final_fraction=0.2))
+  expected = np.where(STEPS < 200, 1 - 0.8 * STEPS / 200, 0.2)
+  np.testing.assert_allclose(v, expected, rtol=1e-5, atol=1e-7)
+
+
+SHAPE_FORMS = {
+    "linear": lambda p, f: f + (1 - f) * (1 - p),
+    "1-sqrt": lambda p, f: f + (1 - f) * (1 - np.sqrt(p)),
+    "cosine": lambda p, f: f + (1 - f) * 0.5 * (1 + np.cos(np.pi * p)),
+    "square": lambda p, f: f + (1 - f) * (1 - p**2),
+    "exponential": lambda p, f: f**p,
+}
+
+
+@pytest.mark.parametrize("shape", schedules.COOLDOWN_SHAPES)
+def test_wsd_closed_form_and_continuity(shape):
+  sched = schedules.wsd(3.0, total_steps=300, cooldown_fraction=0.2, shape=shape,
+                        final_fraction=0.1, warmup_steps=10)
+  v = values(sched)
+  p = np.clip((STEPS - 240) / 60, 0, 1)
+  expected = np.where(STEPS < 10, 3.0 * STEPS / 10,
+                      np.where(STEPS < 240, 3.0, 3.0 * SHAPE_FORMS[shape](p, 0.1)))
+  np.testing.assert_allclose(v, expected, rtol=1e-5, atol=1e-6)
+  # Continuous at the phase boundaries, monotone in the cooldown, ends at the final fraction.
+  assert abs(v[240] - v[239]) < 1e-5
+  assert np.all(np.diff(v[240:301]) <= 1e-6)
+  assert v[300] == pytest.approx(0.3, rel=1e-5)
+
+
+@pytest.mark.parametrize("branch_step", [0, 57, 200])
+def test_decay_branch_continues_main_schedule(branch_step):
+  main = schedules.inverse_sqrt(1.0, offset=40.0, warmup_steps=10)
+  branch = schedules.decay_branch(main, branch_step, 100, "1-sqrt", final_fraction=0.1)
+  v, m = values(branch), values(main)
+  np.testing.assert_array_equal(v[:branch_step], m[:branch_step])
+  assert v[branch_step] == pytest.approx(m[branch_step], rel=1e-6)
+  end = branch_step + 100
+  if end < len(STEPS):
+    assert v[end] == pytest.approx(0.1 * m[branch_step], rel=1e-5)
+    assert np.all(np.diff(v[branch_step:end + 1]) <= 1e-7)
+
+
+def test_wsd_s_decays_and_restarts_at_peak():
+  sched = schedules.wsd_s(1.0, decay_ends=[100, 250], cooldown_steps=40, final_fraction=0.0)
+  v = values(sched)
+  assert np.all(v[:60] == 1.0)
+  np.testing.assert_allclose(v[60:100], 1 - (np.arange(60, 100) - 60) / 40, rtol=1e-5)
+  assert np.all(v[100:210] == 1.0) and v[249] < 0.05 and np.all(v[250:] == 1.0)
+  rewarm = values(schedules.wsd_s(1.0, decay_ends=[100], cooldown_steps=40, rewarmup_steps=20))
+  np.testing.assert_allclose(rewarm[100:121], np.arange(21) / 20, rtol=1e-5, atol=1e-7)
+
+
+def test_cyclic_cosine_restarts():
+  v = values(schedules.cyclic_cosine(1.0, cycle_steps=100, final_fraction=0.0))
+  np.testing.assert_allclose(v[:100], v[100:200], rtol=1e-6)
+  assert v[0] == 1.0 and v[50] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_anytime_exponent():
+  assert schedules.anytime_exponent(1.5, 1.5) == 0.0
+  assert schedules.anytime_exponent(1.5, 1.2) == 0.0
+  assert schedules.anytime_exponent(1.5, 3.0) == pytest.approx(0.5)
+  assert schedules.anytime_exponent(1.1, 2.2) == pytest.approx(0.5)
+  with pytest.raises(ValueError, match="capacity"):
+    schedules.anytime_exponent(1.0, 2.0)
+
+
+def test_python_int_and_array_steps_agree():
+  sched = schedules.wsd(1.0, total_steps=100, cooldown_steps=20, shape="cosine")
+  assert float(sched(90)) == pytest.approx(float(sched(jnp.asarray(90))))
+  assert float(sched(np.int64(90))) == pytest.approx(float(sched(jnp.asarray(90.0))))
+
+
+def test_from_config_builds_each_and_rejects_unknown():
+  cfg = ml_collections.ConfigDict(dict(name="wsd", peak_value=1.0, total_steps=100,
+                                       cooldown_fraction=0.2, shape="1-sqrt"))
+  np.testing.assert_array_equal(
+      values(schedules.from_config(cfg)),
+      values(schedules.wsd(1.0, total_steps=100, cooldown_fraction=0.2, shape="1-sqrt")))
+  branch = schedules.from_config(dict(name="constant", peak_value=1.0,
+                                      decay={"branch_step": 50, "cooldown_steps": 10}))
+  assert float(branch(60)) == pytest.approx(0.0, abs=1e-7)
+  with pytest.raises(ValueError, match="schedule.name"):
+    schedules.from_config(dict(name="constant_linear_decay_10p", peak_value=1.0))
+  with pytest.raises(ValueError, match="schedule.warmup"):
+    schedules.from_config(dict(name="constant", peak_value=1.0, warmup=3))
+  with pytest.raises(ValueError, match="schedule.total_steps is required"):
+    schedules.from_config(dict(name="cosine", peak_value=1.0))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: schedules.constant(1.0, warmup_steps=-1), "warmup_steps"),
+    (lambda: schedules.constant(-1.0), "peak_value"),
+    (lambda: schedules.cosine(1.0, total_steps=100, final_fraction=1.5), "final_fraction"),
+    (lambda: schedules.constant(1.0, warmup_steps=5, warmup_init_fraction=2.0),
+     "warmup_init_fraction"),
+    (lambda: schedules.wsd(1.0, total_steps=100, cooldown_steps=200), "must not exceed"),
+    (lambda: schedules.wsd(1.0, total_steps=100, cooldown_fraction=1.2), "cooldown_fraction"),
+    (lambda: schedules.wsd(1.0, total_steps=100, cooldown_steps=10, shape="zigzag"), "shape"),
+    (lambda: schedules.wsd(1.0, total_steps=100), "exactly one"),
+    (lambda: schedules.decay_branch(schedules.constant(1.0), 10, 5, "exponential", 0.0),
+     "exponential"),
+    (lambda: schedules.polynomial_decay(1.0, exponent=1.0), "exponent"),
+    (lambda: schedules.cosine(1.0, total_steps=10, warmup_steps=10), "warmup_steps"),
+    (lambda: schedules.wsd_s(1.0, decay_ends=[50, 40], cooldown_steps=5), "decay_ends"),
+    (lambda: schedules.wsd_s(1.0, decay_ends=[50, 60], cooldown_steps=20), "decay_ends"),
+    (lambda: schedules.constant(1.0)(-3), "step"),
+])
+def test_bad_arguments_raise_clear_errors(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()
