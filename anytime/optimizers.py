@@ -1,0 +1,83 @@
+"""Config -> ``optax.GradientTransformation``: base optimizer x schedule x clipping x averages.
+
+    optimizer = ConfigDict(dict(
+        name="adamw", b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0,
+        schedule=dict(name="inverse_sqrt", peak_value=1e-3, offset=4000, warmup_steps=1000),
+        averages={"ema_25": dict(kind="anytime_ema", factor=25.0)},
+    ))
+    tx, schedule = build(optimizer)
+
+Schedule-Free AdamW/SGD (Defazio et al. 2024) come from ``optax.contrib``; their evaluation
+point is exposed by ``averaging.eval_params`` next to the averages, so a trainer treats every
+method alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+from anytime import averaging, schedules
+
+OPTIMIZERS = ("adamw", "sgd", "lion", "schedule_free_adamw", "schedule_free_sgd")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every optimizer option with its default."""
+  return ml_collections.ConfigDict(dict(
+      name="adamw",
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+      weight_decay=0.0,  # decoupled; applied to matrices only (not norms).
+      momentum=0.9,  # sgd
+      nesterov=False,  # sgd
+      grad_clip_norm=1.0,  # 0 disables clipping.
+      schedule=ml_collections.ConfigDict(dict(name="constant", peak_value=1e-3)),
+      averages=ml_collections.ConfigDict(),  # name -> {kind, ...}; see anytime.averaging.
+  ))
+
+
+def _matrices_only(params):
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def build(config: Mapping[str, Any]) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns ``(tx, schedule)`` for an optimizer config (see ``default_config``)."""
+  name = config["name"]
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {name!r}")
+  for field in ("eps", "weight_decay", "grad_clip_norm"):
+    if config[field] < 0:
+      raise ValueError(f"optimizer.{field} must be >= 0, got {config[field]!r}")
+  for field in ("b1", "b2", "momentum"):
+    if not 0 <= config[field] < 1:
+      raise ValueError(f"optimizer.{field} must be in [0, 1), got {config[field]!r}")
+  schedule = schedules.from_config(config["schedule"])
+  wd, mask = config["weight_decay"], _matrices_only
+  if name == "adamw":
+    base = optax.adamw(schedule, b1=config["b1"], b2=config["b2"], eps=config["eps"],
+                       weight_decay=wd, mask=mask)
+  elif name == "sgd":
+    base = optax.chain(optax.add_decayed_weights(wd, mask),
+                       optax.sgd(schedule, momentum=config["momentum"] or None,
+                                 nesterov=config["nesterov"]))
+  elif name == "lion":
+    base = optax.lion(schedule, b1=config["b1"], b2=config["b2"], weight_decay=wd, mask=mask)
+  elif name == "schedule_free_adamw":
+    base = optax.contrib.schedule_free_adamw(schedule, b1=config["b1"], b2=config["b2"],
+                                             eps=config["eps"], weight_decay=wd)
+  else:
+    base = optax.contrib.schedule_free_sgd(schedule, b1=config["b1"], weight_decay=wd)
+  averages = {
+      avg_name: averaging.from_config(spec) for avg_name, spec in dict(config["averages"]).items()
+  }
+  if averages:
+    base = averaging.with_averages(base, averages)
+  if config["grad_clip_norm"]:
+    base = optax.chain(optax.clip_by_global_norm(config["grad_clip_norm"]), base)
+  return base, schedule

@@ -1,0 +1,199 @@
+"""Device mesh, logical-axis rules -> ``NamedSharding``, and multi-host helpers.
+
+Parameters and activations carry logical axis names (``embed``, ``heads``, ``mlp``, ``vocab``,
+``batch``, ``length``, ...). Rules held in the config map each name to a mesh axis (or a tuple
+of mesh axes, or None = replicated); this module turns them into shardings. Sharding rules are
+data in the config, not code branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+Rules = Sequence[tuple[str, Any]]
+
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+)
+
+
+def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Resolves the sizes of (data, fsdp, tensor); one of them may be -1 (= the rest)."""
+  sizes = [int(axis_sizes[name]) for name in MESH_AXES]
+  free = [i for i, s in enumerate(sizes) if s == -1]
+  if len(free) > 1:
+    raise ValueError(f"parallel.mesh: at most one axis may be -1, got {dict(axis_sizes)}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"parallel.mesh: axis sizes must be positive or -1, got {dict(axis_sizes)}")
+  known = math.prod(s for s in sizes if s != -1)
+  if free:
+    if num_devices % known:
+      raise ValueError(
+          f"parallel.mesh: {dict(axis_sizes)} does not divide the {num_devices} devices"
+      )
+    sizes[free[0]] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(
+        f"parallel.mesh: axis sizes {dict(zip(MESH_AXES, sizes))} multiply to "
+        f"{math.prod(sizes)}, but there are {num_devices} devices"
+    )
+  return tuple(sizes)
+
+
+def make_mesh(axis_sizes: Mapping[str, int], devices: Sequence[Any] | None = None):
+  """A ``jax.sharding.Mesh`` over (data, fsdp, tensor) with Auto axis types."""
+  devices = list(devices) if devices is not None else jax.devices()
+  shape = mesh_shape(axis_sizes, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules,
+                    shape: Sequence[int] | None = None, mesh=None) -> P:
+  """PartitionSpec for logical axes; a mesh axis is used at most once; dims that the mesh
+  axes do not divide (given ``shape`` and ``mesh``) stay replicated."""
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for i, name in enumerate(logical_axes):
+    target = table.get(name) if name is not None else None
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    axes = tuple(a for a in axes if a not in used)
+    if axes and shape is not None and mesh is not None:
+      size = math.prod(mesh.shape[a] for a in axes)
+      if shape[i] % size:
+        axes = ()
+    used.update(axes)
+    spec.append(axes[0] if len(axes) == 1 else (axes or None))
+  return P(*spec)
+
+
+def tree_shardings(abstract_tree, logical_axes_tree, mesh, rules: Rules):
+  """NamedShardings for a tree of arrays given a matching tree of logical-axis tuples."""
+
+  def one(x, axes):
+    axes = tuple(axes) if axes is not None else (None,) * len(x.shape)
+    return NamedSharding(mesh, logical_to_spec(axes, rules, x.shape, mesh))
+
+  return jax.tree.map(one, abstract_tree, logical_axes_tree,
+                      is_leaf=lambda x: isinstance(x, tuple) or x is None)
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state, param_shardings,
+                        mesh):
+  """Shards every params-shaped part of the optimizer state (moments, averages) like the
+  params; everything else (counts, scalars) is replicated. Extra leading dims (e.g. a window
+  average's ring buffer) are replicated."""
+
+  def like_param(leaf, sharding):
+    extra = len(leaf.shape) - len(sharding.spec)
+    return NamedSharding(mesh, P(*((None,) * extra), *sharding.spec)) if extra > 0 else sharding
+
+  return optax.tree_map_params(
+      tx, like_param, abstract_opt_state, param_shardings,
+      transform_non_params=lambda _: NamedSharding(mesh, P()),
+      is_leaf=lambda x: isinstance(x, NamedSharding),
+  )
+
+
+# ---------------------------------------------------------------- activation constraints
+
+_ACTIVE_RULES: list[tuple[Any, Rules]] = []
+
+
+@contextlib.contextmanager
+def activation_rules(mesh, rules: Rules) -> Iterator[None]:
+  """While tracing inside this context, ``constrain`` shards activations by ``rules``."""
+  _ACTIVE_RULES.append((mesh, tuple(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVE_RULES.pop()
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """``with_sharding_constraint`` by logical axes; a no-op outside ``activation_rules``."""
+  if not _ACTIVE_RULES:
+    return x
+  mesh, rules = _ACTIVE_RULES[-1]
+  spec = logical_to_spec(logical_axes, rules, x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+# ---------------------------------------------------------------- multi-host
+
+
+def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
+                                 process_id: int = -1) -> bool:
+  """Calls ``jax.distributed.initialize`` when the config or the environment asks for it.
+
+  Explicit arguments win; otherwise JAX's own cluster detection (TPU pods, SLURM, Open MPI,
+  ``JAX_COORDINATOR_ADDRESS``) is used when one of its environment variables is present.
+  Errors are never swallowed: a misconfigured cluster fails here, loudly.
+  """
+  if jax.distributed.is_initialized():
+    return True
+  if coordinator_address:
+    if num_processes < 1 or process_id < 0:
+      raise ValueError(
+          "distributed.num_processes (>= 1) and distributed.process_id (>= 0) are required "
+          "with distributed.coordinator_address"
+      )
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+    return True
+  markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+             "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+  if any(os.environ.get(m) for m in markers):
+    if os.environ.get("SLURM_NTASKS") == "1":
+      return False
+    jax.distributed.initialize()
+    logging.info("jax.distributed initialized: process %d of %d", jax.process_index(),
+                 jax.process_count())
+    return True
+  return False
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh, rules: Rules) -> dict[str, Any]:
+  """Assembles each process's share of the batch into global arrays sharded over ``batch``."""
+  out = {}
+  for key, value in local_batch.items():
+    spec = logical_to_spec(("batch",) + (None,) * (value.ndim - 1), rules)
+    out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), value)
+  return out
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def to_host(tree):
+  """Fetches a (possibly sharded, multi-host) tree of arrays to numpy on every process."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def cast_tree(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      tree)
