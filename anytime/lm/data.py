@@ -468,6 +468,10 @@ def make_train_iterator(
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard_options, shuffle=True, num_epochs=None,
       seed=_combined_seed(config.shuffle_seed, seed))
+  if config.worker_count:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain workers read absl flags; defaults outside absl.app
+      flags.FLAGS.mark_as_parsed()
   threads = 1 if isinstance(stream, _MemoryStream) else 8
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
