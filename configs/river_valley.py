@@ -39,14 +39,14 @@ def get_config() -> ml_collections.ConfigDict:
       dict(d_model=32, num_layers=1, num_heads=2, mlp_dim=64))
 
   config.optimizer = ml_collections.ConfigDict(
-      dict(name="adam", b1=0.9, b2=0.99, eps=1e-8, momentum=0.0))
+      dict(name="adam", b1=0.9, b2=0.999, eps=1e-8, momentum=0.0))
   config.averages = ml_collections.ConfigDict({
       "ema_25": {"kind": "anytime_ema", "factor": 25.0},
       "polyak": {"kind": "polyak", "start_step": 0},
   })
   config.reference_average = "ema_25"  # the average used in the diagnostics.
 
-  config.peak_lr = 0.03
+  config.peak_lr = 0.1
   config.warmup_steps = 50
   config.budgets = (500, 1000, 2000, 4000)
   config.cooldown_fraction = 0.2  # WSD / WSD-S cooldown length as a fraction of the budget.

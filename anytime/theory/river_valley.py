@@ -133,7 +133,10 @@ def stationary_distribution(transition_VxV: np.ndarray) -> np.ndarray:
   a[-1, :] = 1.0
   b = np.zeros(v)
   b[-1] = 1.0
-  pi = np.linalg.solve(a, b)
+  try:
+    pi = np.linalg.solve(a, b)
+  except np.linalg.LinAlgError:
+    pi = np.full(v, np.nan)
   if not np.all(pi > -1e-12) or not np.allclose(pi @ p, pi, atol=1e-10):
     raise ValueError("transition_VxV must describe an irreducible chain (no unique stationary "
                      "distribution found)")
@@ -839,10 +842,12 @@ def _diagnostics(trainer, model, records, budgets, config, snapshots) -> dict[st
     raw_last = jax.tree.map(lambda x: x.astype(jnp.float32), snapshots[b2][0])
     eig, vec = trainer.hessian(raw_last)
     mountain = np.asarray(ravel_pytree(model.canonical(vec))[0], np.float64)
-    mountain = mountain - (mountain @ river) * river
+    mountain = mountain / max(np.linalg.norm(mountain), 1e-30)
+    cosine = float(mountain @ river)
+    mountain = mountain - cosine * river
     mountain = mountain / max(np.linalg.norm(mountain), 1e-30)
     directions = {"river_from_budgets": [b1, b2], "mountain_eigenvalue": float(eig),
-                  "mountain_river_cosine_before_orthogonalisation": None}
+                  "mountain_river_cosine": cosine}
     for name, record in records.items():
       if not (name == "constant" or name.startswith("wsd")):
         continue
