@@ -386,6 +386,9 @@ def test_prepare_array_record_matches_text_source(tmp_path, text_config):
     data.load_tokens(config, bpe)
   with pytest.raises(ValueError, match="already holds"):
     data.prepare(text_config.train_patterns, BYTE, str(tmp_path / "ar_train"))
+  config.validation_patterns = config.train_patterns
+  with pytest.raises(ValueError, match="disjoint"):
+    data.load_tokens(config, BYTE)
   config.train_patterns = (str(tmp_path / "no_dir"),)
   with pytest.raises(FileNotFoundError, match="no_dir"):
     data.load_tokens(config, BYTE)

@@ -115,6 +115,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_int("data.max_bytes", config.max_bytes, 0)
   _check_int("data.shuffle_seed", config.shuffle_seed, 0, 2**32 - 1)
   _check_int("data.worker_count", config.worker_count, 0, 256)
+  if not isinstance(config.tokenizer, ml_collections.ConfigDict):
+    raise ValueError("data.tokenizer must be a ConfigDict (anytime.lm.tokenizer.default_config())")
   if not isinstance(config.cache_dir, str):
     raise ValueError(f"data.cache_dir must be a string path or '', got {config.cache_dir!r}")
 
@@ -368,8 +370,17 @@ def _load_stream(config: ml_collections.ConfigDict, tok: tokenizer_lib.Tokenizer
                  split: str) -> Any:
   validate_config(config)
   _check_split(split)
+  if not isinstance(tok, tokenizer_lib.Tokenizer):
+    raise ValueError(f"tokenizer must be an anytime.lm.tokenizer.Tokenizer (from "
+                     f"tokenizer.build), got {type(tok).__name__}")
   if config.source == "array_record":
-    return _open_prepared(_patterns(config, split), f"data.{split}_patterns", tok)
+    stream = _open_prepared(_patterns(config, split), f"data.{split}_patterns", tok)
+    other = "validation" if split == "train" else "train"
+    other_stream = _open_prepared(_patterns(config, other), f"data.{other}_patterns", tok)
+    if os.fspath(stream.directory) == os.fspath(other_stream.directory):
+      raise ValueError(f"data.train_patterns and data.validation_patterns both name "
+                       f"{os.fspath(stream.directory)!r}; train and validation must be disjoint")
+    return stream
   key = _stream_key(config, tok, split)
   if key in _STREAMS:
     _STREAMS.move_to_end(key)
