@@ -557,7 +557,7 @@ def reconstruct(
 
 def params_like(directory: str, step: int, name: str):
   """The stored structure of one average as a tree of ``jax.ShapeDtypeStruct`` (no sharding)."""
-  manager = _manager(directory, [name])
+  manager = _manager(directory, list(_read_profiles(directory, step)))
   try:
     metadata = manager.item_metadata(step)[name]
   finally:
