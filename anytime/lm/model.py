@@ -166,6 +166,12 @@ def init(config: ModelConfig, rng: jax.Array) -> tuple[nnx.GraphDef, dict[str, A
   return graphdef, nnx.to_pure_dict(state)
 
 
+def graphdef(config: ModelConfig) -> nnx.GraphDef:
+  """The model's graph definition, without allocating parameters."""
+  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  return nnx.split(abstract, nnx.Param)[0]
+
+
 def logical_axes(config: ModelConfig) -> dict[str, Any]:
   """The params' logical axis names, as a nested dict matching ``init``'s params."""
   state = jax.eval_shape(

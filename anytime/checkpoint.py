@@ -1,0 +1,163 @@
+"""Orbax checkpoints of the main branch and of decay branches.
+
+Layout of a workdir::
+
+    workdir/main/            the main branch: checkpoints <step>/{state,data}, config.json,
+                             metrics.jsonl, tensorboard events
+    workdir/main/snapshots/  post-hoc averaging snapshots (anytime.posthoc)
+    workdir/branches/<name>/ one decay branch each, with lineage.json (parent step, shape, ...)
+
+Each checkpoint holds the train state (params, optimizer state with every average, step, RNG)
+and the data iterator's state, saved asynchronously. Retention keeps the latest few, every K-th
+step, and any step named explicitly (branch points), so decay branches can always start from
+the main branch. Nothing here uses pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+import grain
+
+MAIN = "main"
+BRANCHES = "branches"
+
+
+def main_dir(workdir: str | epath.Path) -> epath.Path:
+  return epath.Path(workdir) / MAIN
+
+
+def branch_dir(workdir: str | epath.Path, name: str) -> epath.Path:
+  return epath.Path(workdir) / BRANCHES / name
+
+
+def config_hash(config_dict: Mapping[str, Any]) -> str:
+  """A short stable hash of a resolved config (for lineage records)."""
+  text = json.dumps(config_dict, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class CheckpointStore:
+  """An Orbax ``CheckpointManager`` over (train state, data iterator) with a retention policy.
+
+  Args:
+    directory: where the step folders go.
+    keep_latest: how many of the newest checkpoints to keep.
+    keep_period: also keep every checkpoint whose step is a multiple of this (0 = none).
+    keep_steps: also keep these steps (e.g. planned branch points).
+    async_save: write in a background thread (the step loop goes on).
+  """
+
+  def __init__(self, directory: str | epath.Path, *, keep_latest: int = 3, keep_period: int = 0,
+               keep_steps: Iterable[int] = (), async_save: bool = True, read_only: bool = False):
+    if keep_latest < 1:
+      raise ValueError(f"train.keep_checkpoints must be >= 1, got {keep_latest}")
+    self.directory = epath.Path(directory)
+    policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep_latest)]
+    if keep_period:
+      policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_period))
+    keep_steps = sorted(set(int(s) for s in keep_steps))
+    if keep_steps:
+      policies.append(ocp.checkpoint_managers.CustomSteps(steps=keep_steps))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+        read_only=read_only,
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data"))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: Any | None = None, *,
+           force: bool = True) -> bool:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
+    """Restores ``step`` onto ``abstract_state`` (ShapeDtypeStructs carrying shardings)."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"]
+
+  def restore_latest_intact(self, abstract_state: Any, data_iterator_factory=None,
+                            before: int | None = None) -> tuple[int, Any, Any] | None:
+    """Restores the newest checkpoint that loads; a damaged one is reported and skipped.
+
+    Returns ``(step, state, data_iterator)`` or None when there is no checkpoint. Damaged
+    checkpoints are left on disk for inspection, never deleted.
+    """
+    for step in reversed(self.all_steps()):
+      if before is not None and step > before:
+        continue
+      iterator = data_iterator_factory() if data_iterator_factory else None
+      try:
+        state = self.restore(step, abstract_state, iterator)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.error("checkpoint %s/%d is damaged or unreadable (%s: %s); falling back to "
+                      "an older one (the damaged one is left in place)", self.directory, step,
+                      type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        print(f"WARNING: checkpoint step {step} in {self.directory} could not be restored "
+              f"({type(e).__name__}); trying an older one. It is left on disk.", flush=True)
+        continue
+      return step, state, iterator
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def write_json(path: epath.Path, payload: Mapping[str, Any]) -> None:
+  """Writes JSON atomically (temp file + rename), from process 0 only."""
+  if jax.process_index() != 0:
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+  tmp.rename(path)
+
+
+def read_json(path: epath.Path) -> dict[str, Any] | None:
+  path = epath.Path(path)
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any],
+                       safe_to_change: Sequence[str] = ()) -> list[str]:
+  """Dotted keys whose values differ between two config dicts, minus the safe ones."""
+  a, b = flatten(stored), flatten(current)
+  normalize = lambda v: json.loads(json.dumps(v, default=str))
+  diffs = sorted(k for k in set(a) | set(b) if normalize(a.get(k)) != normalize(b.get(k)))
+  return [k for k in diffs if not any(k == s or k.startswith(s + ".") for s in safe_to_change)]

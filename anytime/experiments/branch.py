@@ -1,0 +1,143 @@
+"""Decay branches (WSD) and WSD-S, started from main-branch checkpoints.
+
+A branch restores the main branch's state at step S (params, optimizer state with its averages,
+data iterator), continues with ``schedules.decay_branch(main_schedule, S, K, shape, fraction)``
+for K steps, and is stored under ``workdir/branches/<name>/`` with a lineage record. The main
+branch is never written by a branch, except in ``wsd_s`` mode, where the main branch adopts the
+decayed state and continues from it at peak (Wen et al. 2024).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from etils import epath
+
+from anytime import checkpoint, schedules
+from anytime import train as train_lib
+
+LINEAGE = "lineage.json"
+
+
+def branch_name(shape: str, branch_step: int, cooldown_steps: int) -> str:
+  return f"{shape}_{branch_step + cooldown_steps}"
+
+
+def branch_finished(workdir: str | epath.Path, name: str) -> bool:
+  record = checkpoint.read_json(checkpoint.branch_dir(workdir, name) / LINEAGE)
+  return bool(record and record.get("finished"))
+
+
+def _branch_schedule(config: ml_collections.ConfigDict, branch_step: int, cooldown_steps: int,
+                     shape: str, final_fraction: float) -> dict[str, Any]:
+  schedule = config.optimizer.schedule.to_dict()
+  if "decay" in schedule:
+    raise ValueError("optimizer.schedule already holds a decay; branch from an undecayed run")
+  # Validate eagerly (shape, fraction, lengths) before anything expensive.
+  schedules.decay_branch(schedules.from_config(schedule), branch_step, cooldown_steps, shape,
+                         final_fraction)
+  schedule["decay"] = dict(branch_step=branch_step, cooldown_steps=cooldown_steps, shape=shape,
+                           final_fraction=final_fraction)
+  return schedule
+
+
+def _copy_iterator(run: train_lib.Run, source_iterator):
+  iterator = run.make_train_iterator()
+  iterator.set_state(source_iterator.get_state())
+  return iterator
+
+
+def run_branch_from_state(config: ml_collections.ConfigDict, workdir: str | epath.Path,
+                          main_run: train_lib.Run | None, state: train_lib.TrainState,
+                          train_iter, *, name: str, branch_step: int, cooldown_steps: int,
+                          shape: str, final_fraction: float) -> train_lib.TrainState:
+  """Runs one decay branch from an in-memory main state; returns the branch's final state.
+
+  The main state and iterator are copied, never consumed, so the main run goes on unchanged.
+  """
+  del main_run
+  directory = checkpoint.branch_dir(workdir, name)
+  schedule = _branch_schedule(config, branch_step, cooldown_steps, shape, final_fraction)
+  run = train_lib.build_run(config, workdir, schedule_override=schedule)
+  state = jax.tree.map(jnp.copy, state)
+  iterator = _copy_iterator(run, train_iter)
+  lineage = dict(parent="main", parent_step=branch_step, cooldown_steps=cooldown_steps,
+                 shape=shape, final_fraction=final_fraction, end_step=branch_step + cooldown_steps,
+                 config_hash=checkpoint.config_hash(json.loads(config.to_json_best_effort())),
+                 schedule=schedule, finished=False)
+  checkpoint.write_json(directory / LINEAGE, lineage)
+  store = checkpoint.CheckpointStore(directory, keep_latest=1,
+                                     async_save=config.train.async_checkpoints)
+  writer = train_lib.MetricsWriter(directory)
+  try:
+    state = train_lib.run_loop(run, state, iterator, store, writer,
+                               end_step=branch_step + cooldown_steps, label=f"branch {name}")
+  finally:
+    store.close()
+    writer.close()
+  checkpoint.write_json(directory / LINEAGE, {**lineage, "finished": True})
+  return state
+
+
+def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "linear",
+           final_fraction: float = 0.0, name: str = "", mode: str = "wsd") -> dict[str, Any]:
+  """Restores main checkpoint ``from_step`` and runs a decay branch of ``cooldown_steps``.
+
+  ``mode="wsd"``: the branch goes to ``workdir/branches/<name>/``; main is untouched.
+  ``mode="wsd_s"``: additionally the main branch adopts the decayed state at
+  ``from_step + cooldown_steps`` and will continue from there at peak when training resumes.
+  This needs the main branch to be paused at ``from_step`` (no newer main checkpoint).
+  Returns the branch's final evaluation metrics.
+  """
+  if mode not in ("wsd", "wsd_s"):
+    raise ValueError(f"--mode must be 'wsd' or 'wsd_s', got {mode!r}")
+  main_directory = checkpoint.main_dir(workdir)
+  stored = checkpoint.read_json(main_directory / "config.json")
+  if stored is None:
+    raise FileNotFoundError(f"--workdir {workdir} holds no main branch (no {main_directory}/"
+                            "config.json); train it first")
+  config = train_lib.default_config()
+  config.unlock()
+  config.update_from_flattened_dict(checkpoint.flatten(stored))
+  config.lock()
+  main_store = checkpoint.CheckpointStore(main_directory, read_only=True)
+  steps = main_store.all_steps()
+  if from_step not in steps:
+    raise ValueError(f"--from_step {from_step} is not a checkpoint of the main branch; "
+                     f"available: {steps}")
+  if mode == "wsd_s" and steps[-1] > from_step:
+    raise ValueError(f"--mode wsd_s needs the main branch paused at --from_step {from_step}, "
+                     f"but it has checkpoints up to step {steps[-1]}")
+  name = name or branch_name(shape, from_step, cooldown_steps)
+  if branch_finished(workdir, name):
+    raise ValueError(f"branch {name!r} already exists in {workdir}; pick another --name")
+  schedule = _branch_schedule(config, from_step, cooldown_steps, shape, final_fraction)
+  run = train_lib.build_run(config, workdir, schedule_override=schedule)
+  iterator = run.make_train_iterator()
+  state = main_store.restore(from_step, run.abstract_state, iterator)
+  main_store.close()
+  state = run_branch_from_state(config, workdir, run, state, iterator, name=name,
+                                branch_step=from_step, cooldown_steps=cooldown_steps,
+                                shape=shape, final_fraction=final_fraction)
+  if mode == "wsd_s":
+    end = from_step + cooldown_steps
+    store = checkpoint.CheckpointStore(main_directory,
+                                       keep_latest=config.train.keep_checkpoints,
+                                       keep_period=config.train.keep_period, keep_steps=[end])
+    branch_store = checkpoint.CheckpointStore(checkpoint.branch_dir(workdir, name),
+                                              read_only=True)
+    iterator = run.make_train_iterator()
+    state = branch_store.restore(end, run.abstract_state, iterator)
+    branch_store.close()
+    store.save(end, state, iterator)
+    store.close()
+    history = checkpoint.read_json(main_directory / LINEAGE) or {"adopted": []}
+    history["adopted"].append(dict(branch=name, from_step=from_step, at_step=end))
+    checkpoint.write_json(main_directory / LINEAGE, history)
+  evals = [m for m in train_lib.read_metrics(checkpoint.branch_dir(workdir, name))
+           if any(k.startswith("eval_loss/") for k in m)]
+  return evals[-1] if evals else {}
