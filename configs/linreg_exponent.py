@@ -1,0 +1,36 @@
+"""Exponent/offset sweep: eta (alpha/(t + alpha))^gamma + uniform average vs gamma*.
+
+For each panel (a in {1.1, 1.5, 1.9} x b in {a, 2a}) and noise sigma^2 in {1e-4, 1e-2, 1}, sweeps
+gamma and the offset alpha (alpha = 1 is the plain t^-gamma), tunes the LR per (gamma, alpha) and
+horizon, and reports the best (gamma, alpha) per horizon next to gamma* = max(1 - a/b, 0), and the
+horizon at which t^-gamma* + average overtakes constant + average (b > a).
+
+  python -m anytime.theory.linreg --config configs/linreg_exponent.py --workdir /tmp/linreg_exp
+
+Defaults (dim 1e6, N = 1e6, fast mode at 16 bins per octave, 18 problems x 36 schedules x 10 LRs)
+are a long run: hours on a 2-core CPU. The runs reported in docs/linreg.md used overrides, e.g.
+the b = 2a panels to N = 1e5 on a 2-core CPU (~10 min):
+  ... --config.source_ratios='(2.0,)' --config.num_steps=100000
+Outputs exponent_sweep.json (best per horizon, overtake horizons), exponent_sweep.csv (every
+(gamma, alpha, horizon) with its tuned LR and risk) and exponent_sweep.png (best gamma vs N).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.experiment = "exponent"
+  config.capacities = (1.1, 1.5, 1.9)
+  config.source_ratios = (1.0, 2.0)  # source b = ratio * capacity a.
+  config.noises = (1e-4, 1e-2, 1.0)
+  config.dim = 1_000_000
+  config.num_steps = 1_000_000
+  config.exponents = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75)  # gamma* is always added.
+  config.offsets = (1.0, 10.0, 100.0, 1000.0, 10_000.0)
+  config.lr_multipliers = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
+  config.curve_points = 25  # log-spaced horizons at which everything is tuned and reported.
+  config.fast = True
+  config.bins_per_octave = 16
+  config.estimate_error = False
+  return config
