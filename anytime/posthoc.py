@@ -234,27 +234,26 @@ def profile(
 # --------------------------------------------------------------------------- least squares
 
 
-def _null_space_of_ones(n: int) -> np.ndarray:
-  """Orthonormal basis [n, n − 1] of {c : Σ c = 0}."""
-  u, _, _ = np.linalg.svd(np.ones((n, 1)), full_matrices=True)
-  return u[:, 1:]
-
-
-def _solve(basis: Sequence[_Profile], target: _Profile, rcond: float) -> tuple[np.ndarray, float]:
+def _solve(basis: Sequence[_Profile], target: _Profile,
+           regularization: float) -> tuple[np.ndarray, float]:
   n = max([p.end for p in basis] + [target.end])
   products = _InnerProducts([p.kind for p in basis] + [target.kind], n)
   target_norm2 = float(products.matrix([target], [target])[0, 0])
   gram = products.matrix(basis, basis) / target_norm2
   rhs = products.matrix(basis, [target])[:, 0] / target_norm2
-  nb = len(basis)
-  # Minimise ‖Σ c_i p_i − p*‖² subject to Σ c_i = 1: c = 1/nb + N z with N ⟂ 1.
-  c0 = np.full(nb, 1.0 / nb)
-  if nb > 1:
-    null = _null_space_of_ones(nb)
-    z = np.linalg.lstsq(null.T @ gram @ null, null.T @ (rhs - gram @ c0), rcond=rcond)[0]
-    weights = c0 + null @ z
-  else:
-    weights = c0
+  # Minimise ‖Σ c_i p_i − p*‖² subject to Σ c_i = 1 by eliminating the last weight:
+  # c = e_last + D z with D = [I; −1ᵀ], so DᵀGD z = Dᵀ(b − G e_last), plus a small ridge.
+  last = len(basis) - 1
+  weights = np.zeros(len(basis))
+  weights[last] = 1.0
+  if last:
+    g, g_last, g_ll = gram[:last, :last], gram[:last, last], gram[last, last]
+    a = g - g_last[:, None] - g_last[None, :] + g_ll
+    b = (rhs[:last] - rhs[last]) - (g_last - g_ll)
+    a[np.diag_indices(last)] += regularization * max(np.trace(a) / last, 1e-300)
+    z = np.linalg.solve(a, b)
+    weights[:last] = z
+    weights[last] = 1.0 - z.sum()
   error2 = weights @ gram @ weights - 2.0 * weights @ rhs + 1.0
   return weights, float(math.sqrt(max(error2, 0.0)))
 
@@ -284,7 +283,7 @@ def solve_weights(
     anytime_factor: float | None = None,
     tail_start: int = 0,
     profile_start_steps: Sequence[int] | None = None,
-    rcond: float = 1e-10,
+    regularization: float = 1e-10,
 ) -> tuple[np.ndarray, float]:
   """Least-squares weights over stored power-EMA snapshots for a target average (EDM2 App. C.2).
 
@@ -296,7 +295,8 @@ def solve_weights(
       uniform average) or the target anytime EMA 2^(−f/(t+1)).
     tail_start: the target keeps only iterates after this step (renormalised).
     profile_start_steps: ``start_step`` of each tracked average (default all 0).
-    rcond: relative cut-off for small singular values of the (constrained) Gram matrix.
+    regularization: ridge added to the Gram matrix, relative to its mean diagonal; it bounds
+      the weights' size (and so float32 rounding) where profiles are nearly collinear.
 
   Returns:
     ``(weights [num_snapshots, num_profiles], fit_error)``: weights sum to one (zero for unused
@@ -319,23 +319,24 @@ def solve_weights(
   kinds = [_Kind("power_ema", float(g), s) for g, s in zip(gammas, starts)]
   return _solve_for_kinds(steps, kinds, target_step=target_step, gamma=gamma,
                           sigma_rel=sigma_rel, anytime_factor=anytime_factor,
-                          tail_start=tail_start, rcond=rcond)
+                          tail_start=tail_start, regularization=regularization)
 
 
 def _solve_for_kinds(steps, kinds, *, target_step, gamma, sigma_rel, anytime_factor,
-                     tail_start, rcond) -> tuple[np.ndarray, float]:
+                     tail_start, regularization) -> tuple[np.ndarray, float]:
   target_kind = _target_kind(gamma, sigma_rel, anytime_factor)
   target_step = _check_int("target_step", target_step, 1)
   tail_start = _check_int("tail_start", tail_start, 0)
   if tail_start >= target_step:
     raise ValueError(f"tail_start must be in [0, target_step={target_step}), got {tail_start}")
-  if not isinstance(rcond, (int, float)) or not 0 <= rcond < 1:
-    raise ValueError(f"rcond must be in [0, 1), got {rcond!r}")
+  if not isinstance(regularization, (int, float)) or not 0 <= regularization < 1:
+    raise ValueError(f"regularization must be in [0, 1), got {regularization!r}")
   usable, basis = _snapshot_basis(steps, kinds, target_step)
   if not basis:
     raise ValueError(f"target_step must be >= the first usable snapshot step "
                      f"(snapshots at {steps[0]}..{steps[-1]}), got {target_step}")
-  weights, fit_error = _solve(basis, _Profile(target_kind, tail_start, target_step), rcond)
+  weights, fit_error = _solve(basis, _Profile(target_kind, tail_start, target_step),
+                              regularization)
   out = np.zeros((len(steps), len(kinds)))
   for (i, j), w in zip(usable, weights):
     out[i, j] = w
@@ -505,7 +506,7 @@ def reconstruct(
     anytime_factor: float | None = None,
     tail_start: int = 0,
     like: Any = None,
-    rcond: float = 1e-10,
+    regularization: float = 1e-10,
 ) -> tuple[Any, float]:
   """Reconstructs an average of the training iterates from the snapshots in ``directory``.
 
@@ -535,7 +536,7 @@ def reconstruct(
                  int(spec["start_step"])) for spec in profiles.values()]
   weights, fit_error = _solve_for_kinds(
       used_steps, kinds, target_step=target_step, gamma=gamma, sigma_rel=sigma_rel,
-      anytime_factor=anytime_factor, tail_start=tail_start, rcond=rcond)
+      anytime_factor=anytime_factor, tail_start=tail_start, regularization=regularization)
   terms = [(s, name, float(weights[i, j])) for i, s in enumerate(used_steps)
            for j, name in enumerate(names) if weights[i, j] != 0.0]
   manager = _manager(directory, names)
