@@ -144,8 +144,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if t[key] and t[key] % batch_shards:
       raise ValueError(f"train.{key} ({t[key]}) must be divisible by the data-parallel size "
                        f"{batch_shards} (mesh axes {batch_axes} of {shape})")
-  if t[key] and t[key] % jax.process_count():
-    raise ValueError(f"train.{key} must be divisible by the {jax.process_count()} processes")
+    if t[key] and t[key] % jax.process_count():
+      raise ValueError(f"train.{key} must be divisible by the {jax.process_count()} processes")
   optimizers.build(config.optimizer)  # validates optimizer, schedule and averages
   model_lib.ModelConfig(**{**config.model.to_dict(), "vocab_size": 1})
   data_lib.validate_config(config.data)
@@ -210,8 +210,9 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
 
   ``schedule_override`` replaces ``optimizer.schedule`` (decay branches use it).
   """
-  validate_config(config)
+  # Before validate_config: it counts devices, and jax.distributed must come first.
   parallel.maybe_initialize_distributed(**config.distributed.to_dict())
+  validate_config(config)
   devices = jax.devices()[:config.parallel.num_devices or None]
   mesh = parallel.make_mesh(config.parallel.mesh, devices)
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
@@ -484,6 +485,11 @@ def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.Checkpoi
 def restore_or_init(run: Run, store: checkpoint.CheckpointStore) -> tuple[TrainState, Any, int | None]:
   """The newest intact checkpoint of ``store`` (with its data iterator), or a fresh state."""
   found = store.restore_latest_intact(run.abstract_state, run.make_train_iterator)
+  if found is None and store.all_steps():
+    raise TrainingError(
+        f"{store.directory} holds checkpoints at steps {store.all_steps()} but none could be "
+        "restored (see the warnings above); they are left in place. Move them away to start "
+        "over, or fix the cause.")
   if found is None:
     return run.init_state(), run.make_train_iterator(), None
   step, state, iterator = found
@@ -510,6 +516,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns the last evaluation metrics. Planned decay branches (``config.branches.budgets``)
   are taken when the main run passes ``(1 - cooldown_fraction) * budget``.
   """
+  parallel.maybe_initialize_distributed(**config.distributed.to_dict())
   validate_config(config)
   directory = checkpoint.main_dir(workdir)
   check_resumable(config, directory)
