@@ -107,6 +107,8 @@ class CheckpointStore:
     for step in reversed(self.all_steps()):
       if before is not None and step > before:
         continue
+      if data_iterator_factory:
+        self._check_process_count(step)
       iterator = data_iterator_factory() if data_iterator_factory else None
       try:
         state = self.restore(step, abstract_state, iterator)
@@ -119,6 +121,18 @@ class CheckpointStore:
         continue
       return step, state, iterator
     return None
+
+  def _check_process_count(self, step: int) -> None:
+    """A data iterator state saved by another number of processes is an error, not damage."""
+    data = self.directory / str(step) / "data"
+    current = f"-of-{jax.process_count()}.json"
+    saved = sorted(p.name for p in data.glob("process_*-of-*.json")) if data.exists() else []
+    if saved and not any(name.endswith(current) for name in saved):
+      raise ValueError(
+          f"checkpoint {self.directory}/{step} holds the data iterator state of "
+          f"{saved[0].rsplit('-of-', 1)[1][:-5]} processes, but this run has "
+          f"{jax.process_count()}; resume with the same number of processes, or restore "
+          "only the train state (CheckpointStore.restore without a data iterator)")
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -135,7 +149,7 @@ def write_json(path: epath.Path, payload: Mapping[str, Any]) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-  tmp.rename(path)
+  tmp.replace(path)  # rename() refuses an existing destination
 
 
 def read_json(path: epath.Path) -> dict[str, Any] | None:
