@@ -361,6 +361,23 @@ def expected_risk(coords: Coordinates, noise: float, shapes: np.ndarray,
   return RiskCurves(checkpoints, last, average, diverged)
 
 
+@jax.jit
+def _straightforward_scan(s0, lam, peaks, shape, t, noise, inv_b):
+  def step(carry, inputs):
+    s, s_bar, c = carry
+    lr, t = inputs
+    eta = lr * peaks
+    q = jnp.sum(lam * s, axis=-1, keepdims=True)
+    s_new = (1 - 2 * eta * lam + (1 + inv_b) * eta**2 * lam**2) * s + (
+        eta**2 * inv_b * lam * (q + noise))
+    rho = 1.0 / t
+    s_bar = (1 - rho)**2 * s_bar + rho**2 * s_new + 2 * rho * (1 - rho) * (1 - eta * lam) * c
+    c = (1 - rho) * (1 - eta * lam) * c + rho * s_new
+    return (s_new, s_bar, c), (0.5 * jnp.sum(lam * s_new, -1), 0.5 * jnp.sum(lam * s_bar, -1))
+
+  return jax.lax.scan(step, (s0, s0, s0), (shape, t))[1]
+
+
 def straightforward_risk(problem: PowerLawProblem, shape: np.ndarray, peak_lrs: Sequence[float],
                          checkpoints: Sequence[int], batch_size: int = 1) -> tuple[np.ndarray,
                                                                                 np.ndarray]:
@@ -374,30 +391,12 @@ def straightforward_risk(problem: PowerLawProblem, shape: np.ndarray, peak_lrs: 
   checkpoints = _check_steps("checkpoints", checkpoints, len(shape))
   batch_size = _check_int("batch_size", batch_size, 1)
   with jax.enable_x64(True):
-    lam = jnp.asarray(problem.eigenvalues)
     s0 = jnp.broadcast_to(jnp.asarray(problem.initial_error), (len(peak_lrs), problem.dim))
     peaks = jnp.asarray(np.asarray(peak_lrs, np.float64))[:, None]
-    noise, inv_b = problem.noise, 1.0 / batch_size
-    is_checkpoint = np.zeros(len(shape), bool)
-    is_checkpoint[checkpoints - 1] = True
-
-    @jax.jit
-    def run(s0, shape, t):
-      def step(carry, inputs):
-        s, s_bar, c = carry
-        lr, t = inputs
-        eta = lr * peaks
-        q = jnp.sum(lam * s, axis=-1, keepdims=True)
-        s_new = (1 - 2 * eta * lam + (1 + inv_b) * eta**2 * lam**2) * s + (
-            eta**2 * inv_b * lam * (q + noise))
-        rho = 1.0 / t
-        s_bar = (1 - rho)**2 * s_bar + rho**2 * s_new + 2 * rho * (1 - rho) * (1 - eta * lam) * c
-        c = (1 - rho) * (1 - eta * lam) * c + rho * s_new
-        return (s_new, s_bar, c), (0.5 * jnp.sum(lam * s_new, -1), 0.5 * jnp.sum(lam * s_bar, -1))
-
-      return jax.lax.scan(step, (s0, s0, s0), (shape, t))[1]
-
-    last, avg = run(s0, jnp.asarray(shape), jnp.arange(1, len(shape) + 1, dtype=jnp.float64))
+    last, avg = _straightforward_scan(
+        s0, jnp.asarray(problem.eigenvalues), peaks, jnp.asarray(shape),
+        jnp.arange(1, len(shape) + 1, dtype=jnp.float64), jnp.asarray(problem.noise),
+        jnp.asarray(1.0 / batch_size))
     return np.asarray(last)[checkpoints - 1].T, np.asarray(avg)[checkpoints - 1].T
 
 
