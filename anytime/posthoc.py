@@ -32,6 +32,7 @@ profile against the target profile p*, over training steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -322,15 +323,22 @@ def solve_weights(
                           tail_start=tail_start, regularization=regularization)
 
 
-def _solve_for_kinds(steps, kinds, *, target_step, gamma, sigma_rel, anytime_factor,
-                     tail_start, regularization) -> tuple[np.ndarray, float]:
-  target_kind = _target_kind(gamma, sigma_rel, anytime_factor)
+def _check_target(target_step, gamma, sigma_rel, anytime_factor, tail_start,
+                  regularization) -> _Kind:
+  kind = _target_kind(gamma, sigma_rel, anytime_factor)
   target_step = _check_int("target_step", target_step, 1)
   tail_start = _check_int("tail_start", tail_start, 0)
   if tail_start >= target_step:
     raise ValueError(f"tail_start must be in [0, target_step={target_step}), got {tail_start}")
   if not isinstance(regularization, (int, float)) or not 0 <= regularization < 1:
     raise ValueError(f"regularization must be in [0, 1), got {regularization!r}")
+  return kind
+
+
+def _solve_for_kinds(steps, kinds, *, target_step, gamma, sigma_rel, anytime_factor,
+                     tail_start, regularization) -> tuple[np.ndarray, float]:
+  target_kind = _check_target(target_step, gamma, sigma_rel, anytime_factor, tail_start,
+                              regularization)
   usable, basis = _snapshot_basis(steps, kinds, target_step)
   if not basis:
     raise ValueError(f"target_step must be >= the first usable snapshot step "
@@ -434,13 +442,17 @@ def list_snapshots(directory: str) -> list[int]:
   return sorted(int(s) for s in ocp.utils.checkpoint_steps(os.path.abspath(directory)))
 
 
-def _read_profiles(directory: str, step: int) -> dict[str, dict[str, Any]]:
-  manager = _manager(directory, [])
+def _read_profiles(directory: str, step: int,
+                   manager: ocp.CheckpointManager | None = None) -> dict[str, dict[str, Any]]:
+  """The ``profiles`` JSON of snapshot ``step``: {name: {"kind", "gamma" | "factor", ...}}."""
+  own = manager is None
+  manager = _manager(directory, []) if own else manager
   try:
     meta = manager.restore(step, args=ocp.args.Composite(
         **{PROFILES_ITEM: ocp.args.JsonRestore()}))[PROFILES_ITEM]
   finally:
-    manager.close()
+    if own:
+      manager.close()
   if meta.get("format") != FORMAT_VERSION:
     raise ValueError(f"snapshot {step} in {directory}: unsupported format {meta.get('format')}")
   return meta["profiles"]
@@ -471,13 +483,17 @@ def load_snapshot(directory: str, step: int, name: str, like: Any = None):
     manager.close()
 
 
+def _tree(manager: ocp.CheckpointManager, step: int, name: str):
+  """The stored tree metadata (shapes, dtypes) of one average."""
+  metadata = manager.item_metadata(step)[name]
+  return metadata.tree if hasattr(metadata, "tree") else metadata
+
+
 def _restore(manager: ocp.CheckpointManager, step: int, name: str, like: Any):
   if like is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    metadata = manager.item_metadata(step)[name]
-    tree = metadata.tree if hasattr(metadata, "tree") else metadata
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            tree)
+                            _tree(manager, step, name))
   else:
     abstract = _abstract(like)
   return manager.restore(step, args=ocp.args.Composite(
@@ -489,12 +505,9 @@ def _scaled(weight, x):
   return jax.tree.map(lambda v: weight * v.astype(jnp.float32), x)
 
 
-@jax.jit
+@functools.partial(jax.jit, donate_argnums=0)
 def _accumulate(total, weight, x):
   return jax.tree.map(lambda a, v: a + weight * v.astype(jnp.float32), total, x)
-
-
-_accumulate_donated = jax.jit(_accumulate.__wrapped__, donate_argnums=0)
 
 
 def reconstruct(
@@ -521,47 +534,36 @@ def reconstruct(
   if not steps:
     raise ValueError(f"directory must hold snapshots written by SnapshotWriter, got {directory!r}")
   target_step = steps[-1] if target_step is None else _check_int("target_step", target_step, 1)
-  _target_kind(gamma, sigma_rel, anytime_factor)  # validate before reading anything else
+  _check_target(target_step, gamma, sigma_rel, anytime_factor, tail_start, regularization)
   used_steps = [s for s in steps if s <= target_step]
   if not used_steps:
     raise ValueError(f"target_step must be >= the first snapshot step {steps[0]}, "
                      f"got {target_step}")
   profiles = _read_profiles(directory, used_steps[-1])
-  for s in used_steps[:-1]:
-    if _read_profiles(directory, s) != profiles:
-      raise ValueError(f"directory: snapshot {s} stores other averages than snapshot "
-                       f"{used_steps[-1]}; write one directory per tracking set")
   names = list(profiles)
-  kinds = [_Kind(spec["kind"], float(spec["gamma" if spec["kind"] == "power_ema" else "factor"]),
-                 int(spec["start_step"])) for spec in profiles.values()]
-  weights, fit_error = _solve_for_kinds(
-      used_steps, kinds, target_step=target_step, gamma=gamma, sigma_rel=sigma_rel,
-      anytime_factor=anytime_factor, tail_start=tail_start, regularization=regularization)
-  terms = [(s, name, float(weights[i, j])) for i, s in enumerate(used_steps)
-           for j, name in enumerate(names) if weights[i, j] != 0.0]
   manager = _manager(directory, names)
-  total = None
   try:
-    for s, name, w in terms:
-      params = _restore(manager, s, name, like)
-      weight = jnp.float32(w)
-      total = _scaled(weight, params) if total is None else _accumulate_donated(
-          total, weight, params)
-      del params
+    for s in used_steps[:-1]:
+      if _read_profiles(directory, s, manager) != profiles:
+        raise ValueError(f"directory: snapshot {s} stores other averages than snapshot "
+                         f"{used_steps[-1]}; write one directory per tracking set")
+    kinds = [_Kind(spec["kind"], float(spec["gamma" if spec["kind"] == "power_ema" else "factor"]),
+                   int(spec["start_step"])) for spec in profiles.values()]
+    weights, fit_error = _solve_for_kinds(
+        used_steps, kinds, target_step=target_step, gamma=gamma, sigma_rel=sigma_rel,
+        anytime_factor=anytime_factor, tail_start=tail_start, regularization=regularization)
+    total = None
+    for i, s in enumerate(used_steps):
+      for j, name in enumerate(names):
+        if weights[i, j] != 0.0:
+          params = _restore(manager, s, name, like)
+          weight = jnp.float32(weights[i, j])
+          total = (_scaled(weight, params) if total is None
+                   else _accumulate(total, weight, params))
+          del params
+    abstract = _abstract(like) if like is not None else jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), _tree(manager, used_steps[-1], names[0]))
   finally:
     manager.close()
-  abstract = _abstract(like) if like is not None else params_like(
-      directory, used_steps[-1], names[0])
   total = jax.tree.map(lambda x, a: x.astype(a.dtype), total, abstract)
   return total, fit_error
-
-
-def params_like(directory: str, step: int, name: str):
-  """The stored structure of one average as a tree of ``jax.ShapeDtypeStruct`` (no sharding)."""
-  manager = _manager(directory, list(_read_profiles(directory, step)))
-  try:
-    metadata = manager.item_metadata(step)[name]
-  finally:
-    manager.close()
-  tree = metadata.tree if hasattr(metadata, "tree") else metadata
-  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)

@@ -328,6 +328,10 @@ def test_snapshot_writer_keep_and_validation(tmp_path):
     posthoc.reconstruct(str(tmp_path / "missing"), sigma_rel=0.1)
   with pytest.raises(ValueError, match="target_step"):
     posthoc.reconstruct(str(tmp_path / "a"), target_step=5, sigma_rel=0.1)
+  with pytest.raises(ValueError, match="tail_start"):
+    posthoc.reconstruct(str(tmp_path / "a"), target_step=30, gamma=0.0, tail_start=30)
+  with pytest.raises(ValueError, match="exactly one"):
+    posthoc.reconstruct(str(tmp_path / "a"), gamma=1.0, anytime_factor=25.0)
   with pytest.raises(ValueError, match="name"):
     posthoc.load_snapshot(str(tmp_path / "a"), 30, "nope")
   with pytest.raises(ValueError, match="step"):
