@@ -89,19 +89,19 @@ def test_bigram_population_metrics_closed_forms_and_monte_carlo():
   assert float(m["excess_high"]) == pytest.approx(np.log(8) - s["entropy_high"], rel=1e-5)
   # The minibatch cross-entropy estimates excess + entropy.
   model = rv.bigram_model(chain, init_scale=1.0, seed=0)
-  tokens = rv.sample_tokens(chain, jax.random.key(1), 512, 129)
-  mc = float(model.batch_loss(model.init_params, tokens))
-  assert mc == pytest.approx(float(model.eval_loss(model.init_params)), abs=0.03)
+  tokens = rv.sample_tokens(chain, jax.random.key(1), 256, 65)
+  mc = float(jax.jit(model.batch_loss)(model.init_params, tokens))
+  assert mc == pytest.approx(float(jax.jit(model.eval_loss)(model.init_params)), abs=0.05)
 
 
 def test_power_iteration_matches_dense_eigendecomposition():
   chain = rv.make_chain(4, low_entropy_fraction=0.5, dominant_prob=0.9, seed=0)
   model = rv.bigram_model(chain, init_scale=1.0, seed=5)
   flat, unravel = ravel_pytree(model.init_params)
-  dense = jax.hessian(lambda x: model.eval_loss(unravel(x)))(flat)
+  dense = jax.jit(jax.hessian(lambda x: model.eval_loss(unravel(x))))(flat)
   eigvals, eigvecs = np.linalg.eigh(np.asarray(dense, np.float64))
-  value, vector = rv.top_hessian_eigenpair(model.eval_loss, model.init_params,
-                                           num_iterations=300)
+  value, vector = jax.jit(lambda p: rv.top_hessian_eigenpair(
+      model.eval_loss, p, num_iterations=300))(model.init_params)
   assert float(value) == pytest.approx(eigvals[-1], rel=1e-3)
   assert abs(float(ravel_pytree(vector)[0] @ eigvecs[:, -1])) > 0.99
   # A quadratic with a known spectrum.
@@ -173,6 +173,12 @@ def test_run_lab_end_to_end(tmp_path):
     # Triangle inequality between raw, average and decayed branch.
     assert row["distance_raw_to_wsd"] <= (row["distance_raw_to_ema_25"]
                                           + row["distance_ema_25_to_wsd"] + 1e-4)
+  # Cyclic cosine cycles end on the budgets (the warmup sits inside the first cycle).
+  curves = _read_csv(tmp_path / "curves.csv")
+  for b in (200, 400):
+    row = [r for r in curves if r["run"] == "cyclic_cosine" and r["step"] == str(b)
+           and r["weights"] == "raw"][0]
+    assert float(row["lr"]) < 1e-3 * config.peak_lr
   # The interpolation reaches the branch exactly at alpha = 1.
   wsd_b = summary["findings"]["wsd_vs_constant"][0]["wsd_excess_at_budget"]
   rows = [r for r in _read_csv(tmp_path / "interpolation.csv")
@@ -221,14 +227,23 @@ def test_other_bad_inputs():
 
 def test_transformer_option():
   pytest.importorskip("anytime.lm.model")
+  import optax
+
   chain = rv.make_chain(8, seed=0)
   model = rv.transformer_model(chain, dict(d_model=16, num_layers=1, num_heads=2, mlp_dim=32),
                                seq_len=16, eval_batch_size=8)
-  m = model.metrics(model.init_params)
-  assert float(m["excess"]) > 0
-  config = _small_config()
-  trainer = rv.Trainer(model, chain, rv.make_optimizer_factory(config.optimizer, config.averages),
-                       batch_size=8, seq_len=16, chunk_steps=50, hessian_iterations=5, seed=0)
-  record, _ = trainer.run("t", schedules.cosine(0.01, total_steps=100), trainer.init_state(), 0,
-                          100)
-  assert record.value(100) < float(m["excess"])
+  metrics = jax.jit(model.metrics)
+  start = float(metrics(model.init_params)["excess"])
+  assert start > 0
+  tx = optax.adam(0.03)
+
+  @jax.jit
+  def step(params, opt_state, key):
+    grads = jax.grad(model.batch_loss)(params, rv._sampler(chain, 16, 16)(key))
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  params, opt_state = model.init_params, tx.init(model.init_params)
+  for i in range(30):
+    params, opt_state = step(params, opt_state, jax.random.key(i))
+  assert float(metrics(params)["excess"]) < 0.5 * start

@@ -214,7 +214,7 @@ def sample_tokens(chain: BigramChain, key: jax.Array, batch_size: int, seq_len: 
   """
   batch_size = _positive_int("batch_size", batch_size)
   seq_len = _positive_int("seq_len", seq_len, 2)
-  return _sampler(chain, batch_size, seq_len)(key)
+  return jax.jit(_sampler(chain, batch_size, seq_len))(key)
 
 
 def _sampler(chain: BigramChain, batch_size: int, seq_len: int) -> Callable[[jax.Array], jax.Array]:
@@ -693,9 +693,12 @@ def run_lab(config, workdir: str | None = None, *, verbose: bool = True) -> dict
     records["wsd_s"], _ = trainer.run("wsd_s", _wsd_s_schedule(peak, budgets, cooldowns, config),
                                       init, 0, total, hessian_every=hess, log_every=log)
   if "cyclic_cosine" in runs:
-    schedule = schedules.cyclic_cosine(peak, cycle_steps=config.cyclic_cycle_steps,
-                                       final_fraction=config.cosine_final_fraction,
-                                       warmup_steps=warm)
+    cyclic = schedules.cyclic_cosine(peak, cycle_steps=config.cyclic_cycle_steps,
+                                     final_fraction=config.cosine_final_fraction)
+
+    def schedule(step):  # warmup inside the first cycle, so cycles end at multiples of it.
+      return jnp.minimum(constant(step), cyclic(step))
+
     records["cyclic_cosine"], _ = trainer.run("cyclic_cosine", schedule, init, 0, total,
                                               hessian_every=hess, log_every=log)
   train_seconds = time.time() - t_start
