@@ -420,6 +420,20 @@ class SnapshotWriter:
         {"format": FORMAT_VERSION, "step": step, "profiles": self._profiles})
     self._manager.save(step, args=ocp.args.Composite(**items))
 
+  def discard_after(self, step: int) -> list[int]:
+    """Deletes the snapshots after ``step`` (call after resuming from a checkpoint at ``step``).
+
+    Snapshots written after the restored checkpoint describe a trajectory that will be replayed,
+    and ``save`` refuses steps that are not new. Returns the deleted steps.
+    """
+    step = _check_int("step", step, 0)
+    self._manager.wait_until_finished()
+    stale = [s for s in self._manager.all_steps() if s > step]
+    for s in stale:
+      self._manager.delete(s)
+    self._manager.reload()
+    return sorted(stale)
+
   def wait(self) -> None:
     """Blocks until every started save is on disk."""
     self._manager.wait_until_finished()

@@ -315,6 +315,12 @@ def test_snapshot_writer_keep_and_validation(tmp_path):
     with pytest.raises(ValueError, match="averages must map exactly"):
       writer.save(40, {"pema_050": tree})
   assert posthoc.list_snapshots(str(tmp_path / "a")) == [20, 30]
+  with posthoc.SnapshotWriter(str(tmp_path / "a"), tracking) as writer:  # resume at step 25
+    assert writer.discard_after(25) == [30]
+    writer.save(30, {name: jax.tree.map(lambda x: x + 1, tree) for name in tracking})
+  assert posthoc.list_snapshots(str(tmp_path / "a")) == [20, 30]
+  np.testing.assert_array_equal(
+      posthoc.load_snapshot(str(tmp_path / "a"), 30, "pema_100")["x"], np.arange(4.0) + 1)
   assert posthoc.list_snapshots(str(tmp_path / "missing")) == []
   with pytest.raises(ValueError, match="keep"):
     posthoc.SnapshotWriter(str(tmp_path / "b"), tracking, keep=-1)
