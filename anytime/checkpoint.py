@@ -101,8 +101,9 @@ class CheckpointStore:
                             before: int | None = None) -> tuple[int, Any, Any] | None:
     """Restores the newest checkpoint that loads; a damaged one is reported and skipped.
 
-    Returns ``(step, state, data_iterator)`` or None when there is no checkpoint. Damaged
-    checkpoints are left on disk for inspection, never deleted.
+    Returns ``(step, state, data_iterator)`` or None when there is no checkpoint. A damaged
+    checkpoint is renamed ``<step>.damaged[-k]`` (kept for inspection, never deleted), so the
+    resumed run can write that step again.
     """
     for step in reversed(self.all_steps()):
       if before is not None and step > before:
@@ -116,11 +117,28 @@ class CheckpointStore:
         logging.error("checkpoint %s/%d is damaged or unreadable (%s: %s); falling back to "
                       "an older one (the damaged one is left in place)", self.directory, step,
                       type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        kept = self._set_aside(step)
         print(f"WARNING: checkpoint step {step} in {self.directory} could not be restored "
-              f"({type(e).__name__}); trying an older one. It is left on disk.", flush=True)
+              f"({type(e).__name__}); trying an older one. It is kept as {kept}.", flush=True)
         continue
       return step, state, iterator
     return None
+
+  def _set_aside(self, step: int) -> epath.Path:
+    """Renames a damaged step folder out of Orbax's view (process 0), then syncs processes."""
+    source = self.directory / str(step)
+    target = self.directory / f"{step}.damaged"
+    k = 0
+    while target.exists():
+      k += 1
+      target = self.directory / f"{step}.damaged-{k}"
+    if jax.process_index() == 0:
+      source.rename(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"anytime_set_aside_{step}")
+    self.manager.reload()
+    return target
 
   def _check_process_count(self, step: int) -> None:
     """A data iterator state saved by another number of processes is an error, not damage."""
