@@ -61,6 +61,7 @@ class CheckpointStore:
     if keep_latest < 1:
       raise ValueError(f"train.keep_checkpoints must be >= 1, got {keep_latest}")
     self.directory = epath.Path(directory)
+    self.read_only = read_only
     policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep_latest)]
     if keep_period:
       policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_period))
@@ -117,7 +118,7 @@ class CheckpointStore:
         logging.error("checkpoint %s/%d is damaged or unreadable (%s: %s); falling back to "
                       "an older one (the damaged one is left in place)", self.directory, step,
                       type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        kept = self._set_aside(step)
+        kept = self.directory / str(step) if self.read_only else self._set_aside(step)
         print(f"WARNING: checkpoint step {step} in {self.directory} could not be restored "
               f"({type(e).__name__}); trying an older one. It is kept as {kept}.", flush=True)
         continue
