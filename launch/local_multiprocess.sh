@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# N trainer processes on this machine, CPU backend, coordinated over 127.0.0.1 (for testing
+# multi-host code paths without a cluster).
+#
+#   launch/local_multiprocess.sh -n 2 -d 2 -- --config configs/lm_tiny.py --workdir /tmp/mp \
+#       [--config.x=y ...]
+#
+# Flags: -n processes (default 2), -d CPU devices per process (default 2), -p coordinator port
+# (default: a free one), -l log dir (default <workdir>/logs). Everything after -- goes to
+# `python -m anytime.main` of every process. Logs: <log dir>/process_<i>.log. Exits non-zero if
+# any process fails; Ctrl-C / SIGTERM is forwarded to all processes.
+set -euo pipefail
+
+num_processes=2
+devices_per_process=2
+port=""
+log_dir=""
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+while getopts "n:d:p:l:h" opt; do
+  case "$opt" in
+    n) num_processes="$OPTARG" ;;
+    d) devices_per_process="$OPTARG" ;;
+    p) port="$OPTARG" ;;
+    l) log_dir="$OPTARG" ;;
+    h) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+[[ "${1:-}" == "--" ]] && shift
+for value in "$num_processes" "$devices_per_process"; do
+  if ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: -n and -d must be positive integers, got '$value'" >&2; exit 2
+  fi
+done
+
+workdir=""
+for arg in "$@"; do
+  case "$arg" in --workdir=*) workdir="${arg#--workdir=}" ;; esac
+done
+prev=""
+for arg in "$@"; do
+  [[ "$prev" == "--workdir" ]] && workdir="$arg"
+  prev="$arg"
+done
+if [[ -z "$workdir" ]]; then
+  echo "error: pass --workdir DIR after -- (it is given to every process)" >&2; exit 2
+fi
+log_dir="${log_dir:-$workdir/logs}"
+mkdir -p "$log_dir"
+if [[ -z "$port" ]]; then
+  port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+fi
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+}
+trap 'cleanup; wait; exit 143' TERM INT
+
+for ((i = 0; i < num_processes; i++)); do
+  JAX_PLATFORMS=cpu \
+  XLA_FLAGS="--xla_force_host_platform_device_count=$devices_per_process" \
+    python -m anytime.main "$@" \
+      --config.distributed.coordinator_address="127.0.0.1:$port" \
+      --config.distributed.num_processes="$num_processes" \
+      --config.distributed.process_id="$i" \
+      >"$log_dir/process_$i.log" 2>&1 &
+  pids+=("$!")
+done
+echo "started $num_processes processes (coordinator 127.0.0.1:$port); logs in $log_dir/process_<i>.log"
+
+# Wait for all; if one fails, stop the others (they would block in collectives otherwise).
+status=0
+remaining=${#pids[@]}
+while ((remaining > 0)); do
+  code=0
+  wait -n || code=$?
+  remaining=$((remaining - 1))
+  if ((code != 0 && status == 0)); then
+    echo "a process exited with status $code; stopping the others (logs: $log_dir)" >&2
+    status=$code
+    cleanup
+  fi
+done
+exit "$status"

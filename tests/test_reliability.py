@@ -1,0 +1,543 @@
+"""Failure-proof runs: preemption (SIGKILL, SIGTERM), damaged checkpoints, full or unwritable
+disks, bad configs, the NaN guard, no pickle, and the TPU launcher's dry run.
+
+The trainer runs in subprocesses (``python -m anytime.main``, 2 CPU devices) where a signal must
+hit a real process, and in-process (the first 2 of the 8 test devices) elsewhere; both use the
+same tiny config, so their results are bitwise comparable.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import glob
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from ml_collections import config_flags
+from absl import flags
+
+from anytime import checkpoint, train
+
+REPO = Path(__file__).resolve().parents[1]
+TOTAL_STEPS = 40
+# The tiny run, as CLI overrides of configs/lm_tiny.py (the in-process runs apply the same).
+OVERRIDES = {
+    "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.mlp_dim": 64,
+    "model.max_len": 32, "train.seq_len": 32, "train.batch_size": 8,
+    "train.total_steps": TOTAL_STEPS, "train.checkpoint_every": 5, "train.keep_checkpoints": 20,
+    "train.eval_every": 20, "train.eval_batches": 2, "train.log_every": 1,
+    "data.max_bytes": 200_000, "optimizer.schedule.warmup_steps": 5, "parallel.num_devices": 2,
+}
+AVERAGES = {"ema_25": dict(kind="anytime_ema", factor=25.0)}
+
+
+def tiny_config(**changes: Any) -> ml_collections.ConfigDict:
+  """configs/lm_tiny.py with OVERRIDES and ``changes`` (keys with '__' for '.')."""
+  sys.path.insert(0, str(REPO / "configs"))
+  try:
+    import lm_tiny  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  config = lm_tiny.get_config()
+  config.optimizer.averages = copy.deepcopy(AVERAGES)
+  for key, value in {**OVERRIDES, **{k.replace("__", "."): v for k, v in changes.items()}}.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return config
+
+
+def cli_args(workdir: Path, **changes: Any) -> list[str]:
+  values = {**OVERRIDES, **{k.replace("__", "."): v for k, v in changes.items()}}
+  return ([sys.executable, "-m", "anytime.main", "--config", str(REPO / "configs/lm_tiny.py"),
+           "--workdir", str(workdir), "--config.optimizer.averages=" + json.dumps(AVERAGES)] +
+          [f"--config.{k}={v}" for k, v in values.items()])
+
+
+def subprocess_env() -> dict[str, str]:
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(REPO))
+  return env
+
+
+def logged_steps(workdir: Path) -> list[int]:
+  """Steps of the complete lines of metrics.jsonl (the trainer logs every step here)."""
+  path = workdir / "main" / "metrics.jsonl"
+  if not path.exists():
+    return []
+  steps = []
+  for line in path.read_text().splitlines():
+    try:
+      steps.append(json.loads(line)["step"])
+    except (ValueError, KeyError):
+      pass
+  return steps
+
+
+def losses(workdir: Path) -> dict[int, float]:
+  return {m["step"]: m["loss"] for m in train.read_metrics(workdir / "main") if "loss" in m}
+
+
+def load_state(workdir: Path, step: int) -> Any:
+  """The raw train state of ``step`` as numpy (restored without a target: any mesh)."""
+  store = checkpoint.CheckpointStore(workdir / "main", read_only=True, async_save=False)
+  try:
+    restored = store.manager.restore(step, args=checkpoint.ocp.args.Composite(
+        state=checkpoint.ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, restored["state"])
+  finally:
+    store.close()
+
+
+def assert_trees_equal(a: Any, b: Any) -> None:
+  """Bitwise equality of two trees of arrays (same structure)."""
+  flat_a, tree_a = jax.tree.flatten_with_path(a)[0], jax.tree.structure(a)
+  flat_b, tree_b = jax.tree.flatten_with_path(b)[0], jax.tree.structure(b)
+  assert tree_a == tree_b
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path), strict=True)
+
+
+def file_digests(directory: Path) -> dict[str, bytes]:
+  return {str(p.relative_to(directory)): p.read_bytes()
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+  """An uninterrupted in-process run of TOTAL_STEPS (checkpoints every 5 steps, all kept)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  train.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir
+
+
+class Trainer:
+  """One ``python -m anytime.main`` subprocess; always killed on exit."""
+
+  def __init__(self, workdir: Path, log: Path):
+    self.workdir = workdir
+    self.log_path = log
+    self._log = log.open("w")
+    self.proc = subprocess.Popen(cli_args(workdir), cwd=REPO, env=subprocess_env(),
+                                 stdout=self._log, stderr=subprocess.STDOUT)
+
+  def wait_for_step(self, step: int, timeout: float = 150.0) -> int:
+    """Polls metrics.jsonl until ``step`` is logged; returns the last logged step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      steps = logged_steps(self.workdir)
+      if steps and steps[-1] >= step:
+        return steps[-1]
+      if self.proc.poll() is not None:
+        raise AssertionError(f"trainer exited early ({self.proc.returncode}):\n{self.output()}")
+      time.sleep(0.005)
+    raise AssertionError(f"step {step} not reached in {timeout}s:\n{self.output()}")
+
+  def output(self) -> str:
+    self._log.flush()
+    return self.log_path.read_text()[-3000:]
+
+  def close(self) -> None:
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
+    self._log.close()
+
+
+# ------------------------------------------------------------------------------ preemption
+
+
+def test_sigkill_and_sigterm_resume_bitwise(reference: Path, tmp_path: Path):
+  """Killed twice with SIGKILL and once with SIGTERM at random steps, resumed each time: the
+  final train state (params, optimizer state with the EMA, step) and every logged loss equal
+  the uninterrupted run's, bit for bit. SIGTERM saves the current step and exits with 0."""
+  rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+  workdir = tmp_path / "run"
+  events = []
+  resumed_from = 0
+  for attempt, how in enumerate(("kill", "term", "kill")):
+    trainer = Trainer(workdir, tmp_path / f"attempt_{attempt}.log")
+    try:
+      target = rng.randint(resumed_from + 2, resumed_from + 10)
+      seen = trainer.wait_for_step(target)
+      if how == "kill":
+        trainer.proc.send_signal(signal.SIGKILL)
+        assert trainer.proc.wait(timeout=30) == -signal.SIGKILL
+      else:
+        trainer.proc.send_signal(signal.SIGTERM)
+        assert trainer.proc.wait(timeout=60) == 0, trainer.output()
+        out = trainer.output()
+        saved = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
+        assert saved >= seen and saved < TOTAL_STEPS
+        assert checkpoint.CheckpointStore(workdir / "main", read_only=True).latest_step() == saved
+        assert (workdir / "main" / str(saved) / "commit_success.txt").exists()
+      events.append((how, target, seen))
+    finally:
+      trainer.close()
+    store = checkpoint.CheckpointStore(workdir / "main", read_only=True)
+    resumed_from = store.latest_step() or 0
+    store.close()
+  print("interruptions (signal, target step, last logged step):", events)
+  train.train_and_evaluate(tiny_config(), str(workdir))  # the last resume, to the end
+
+  assert_trees_equal(load_state(workdir, TOTAL_STEPS), load_state(reference, TOTAL_STEPS))
+  got, want = losses(workdir), losses(reference)
+  assert sorted(got) == list(range(1, TOTAL_STEPS + 1))
+  assert got == want  # exact float equality, every step
+  evals = lambda d: [m for m in train.read_metrics(d / "main") if "eval_loss/raw" in m]
+  assert [(m["step"], m["eval_loss/raw"], m["eval_loss/ema_25"]) for m in evals(workdir)] == \
+      [(m["step"], m["eval_loss/raw"], m["eval_loss/ema_25"]) for m in evals(reference)]
+  assert_no_pickle(workdir)
+
+
+# ------------------------------------------------------------------------------ damage
+
+
+def test_damaged_checkpoints_fall_back_to_newest_intact(reference: Path, tmp_path: Path,
+                                                        capsys, monkeypatch):
+  """Step 40 truncated, step 35 missing directory entries: resume reports both, sets them aside
+  untouched (never deleted), restores 30, and ends bitwise equal to the uninterrupted run."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  main = workdir / "main"
+  truncated = [p for p in (main / "40" / "state").rglob("*") if p.is_file() and
+               p.stat().st_size > 64 and "/d/" in str(p)]
+  assert truncated
+  for p in truncated:
+    with p.open("r+b") as f:
+      f.truncate(p.stat().st_size // 2)
+  (main / "35" / "state" / "manifest.ocdbt").unlink()
+  shutil.rmtree(main / "35" / "state" / "ocdbt.process_0")
+  damaged = {step: file_digests(main / str(step)) for step in (35, 40)}
+
+  import pickle  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("pickle was used while restoring")
+
+  monkeypatch.setattr(pickle, "load", refuse)
+  monkeypatch.setattr(pickle, "loads", refuse)
+  monkeypatch.setattr(pickle, "Unpickler", refuse)
+  train.train_and_evaluate(tiny_config(), str(workdir))
+  out = capsys.readouterr().out
+  assert f"checkpoint step 40 in {main} could not be restored" in out
+  assert f"checkpoint step 35 in {main} could not be restored" in out
+  assert "resumed from step 30" in out
+  for step, digests in damaged.items():  # kept byte for byte, out of the way
+    assert file_digests(main / f"{step}.damaged") == digests
+  assert_trees_equal(load_state(workdir, TOTAL_STEPS), load_state(reference, TOTAL_STEPS))
+  assert losses(workdir) == losses(reference)
+
+
+def test_no_checkpoint_restores_is_an_error_not_a_fresh_start(reference: Path, tmp_path: Path):
+  """If every checkpoint is damaged, the trainer refuses to start over on top of them."""
+  workdir = tmp_path / "run"
+  main = workdir / "main"
+  main.mkdir(parents=True)
+  shutil.copy(reference / "main" / "config.json", main / "config.json")
+  shutil.copytree(reference / "main" / "5", main / "5")
+  (main / "5" / "state" / "_METADATA").write_text("{not json")
+  with pytest.raises(train.TrainingError, match=r"holds checkpoints at steps \[5\] but none"):
+    train.train_and_evaluate(tiny_config(), str(workdir))
+  assert (main / "5.damaged" / "state" / "_METADATA").read_text() == "{not json"
+
+
+# ------------------------------------------------------------------------------ disks
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path: Path):
+  """A workdir under a regular file (unwritable even for root): the error names the path."""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  with pytest.raises(OSError) as info:
+    train.train_and_evaluate(tiny_config(), str(blocker / "run"))
+  assert str(blocker) in str(info.value)
+
+
+def test_disk_full_keeps_previous_checkpoints(reference: Path, tmp_path: Path):
+  """Files may not grow past 200 kB while resuming from step 10 (as on a full disk): the run
+  fails with an error naming the workdir, and checkpoints 5 and 10 stay byte-for-byte intact."""
+  workdir = tmp_path / "run"
+  main = workdir / "main"
+  main.mkdir(parents=True)
+  for name in ("config.json", "metrics.jsonl", "5", "10"):
+    src = reference / "main" / name
+    (shutil.copytree if src.is_dir() else shutil.copy)(src, main / name)
+  before = {step: file_digests(main / str(step)) for step in (5, 10)}
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  error = None
+  try:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))
+    train.train_and_evaluate(tiny_config(train__total_steps=15), str(workdir))
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, previous_handler)
+  assert error is not None, "a run on a full disk must fail"
+  chain, e = [], error
+  while e is not None:
+    chain.append(f"{type(e).__name__}: {e}")
+    e = e.__cause__ or e.__context__
+  assert any(str(main) in m for m in chain), chain
+  assert any("File too large" in m or "No space" in m for m in chain), chain
+  for step, digests in before.items():
+    assert file_digests(main / str(step)) == digests
+  store = checkpoint.CheckpointStore(main, read_only=True)
+  assert 10 in store.all_steps() and 15 not in store.all_steps()
+  store.close()
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+def _compile_counter() -> list[str]:
+  events: list[str] = []
+
+  def listener(event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if "compile" in event:
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  return events
+
+
+def test_compile_counter_sees_compilations():
+  """Control for the tests below: the listener does see a compilation."""
+  compiles = _compile_counter()
+  jax.jit(lambda x: x * 3 + 1)(np.arange(7.0))
+  assert compiles
+
+
+BAD_CONFIGS = [
+    (dict(optimizer__schedule__warmup_steps=100), "optimizer.schedule.warmup_steps"),
+    (dict(branches__cooldown_fraction=1.5), "branches.cooldown_fraction"),
+    (dict(branches__budgets=[10, 100]), "branches.budgets"),
+    (dict(parallel__mesh=dict(data=3, fsdp=1, tensor=1)), "parallel.mesh"),
+    (dict(parallel__mesh=dict(data=-1, fsdp=-1, tensor=1)), "parallel.mesh"),
+    (dict(train__batch_size=6, parallel__num_devices=4), "train.batch_size"),
+    (dict(train__eval_batch_size=3), "train.eval_batch_size"),
+    (dict(train__total_steps=0), "train.total_steps"),
+    (dict(train__nan_policy="ignore"), "train.nan_policy"),
+    (dict(train__seq_len=64), "model.max_len"),
+    (dict(parallel__num_devices=64), "parallel.num_devices"),
+    (dict(data__max_bytes=-1), "data.max_bytes"),
+]
+
+
+@pytest.mark.parametrize("changes,key", BAD_CONFIGS, ids=[k for _, k in BAD_CONFIGS])
+def test_bad_config_refused_before_compilation(changes, key, tmp_path: Path):
+  """Impossible values raise ValueError naming the key; nothing compiles, nothing is written."""
+  compiles = _compile_counter()
+  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    train.train_and_evaluate(tiny_config(**changes), str(tmp_path / "run"))
+  assert not compiles, compiles
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag,key", [
+    ("--config.train.bogus=1", "bogus"),
+    ("--config.trian.total_steps=1", "trian"),
+    ("--config.train.total_steps=ten", "total_steps"),
+    ("--config.train.total_steps=2.5", "total_steps"),
+    ("--config.train.nan_policy=1", "nan_policy"),
+])
+def test_cli_refuses_unknown_keys_and_wrong_types(flag, key):
+  """The locked config refuses unknown keys and wrong types on the command line."""
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  with pytest.raises(Exception) as info:  # absl wraps the ConfigDict error
+    values(["prog", f"--config={REPO / 'configs/lm_tiny.py'}", flag])
+    values.config  # pylint: disable=pointless-statement
+  assert key in str(info.value)
+
+
+def test_python_config_refuses_unknown_keys_and_wrong_types():
+  config = tiny_config()
+  with pytest.raises(AttributeError, match="bogus"):
+    config.train.bogus = 1
+  with pytest.raises(TypeError, match="total_steps"):
+    config.train.total_steps = "10"
+
+
+# ------------------------------------------------------------------------------ NaN guard
+
+
+class NaNInjector:
+  """Wraps a train iterator; the batches of the given (1-based) steps get NaN weights."""
+
+  def __init__(self, inner: Iterator, bad_steps: set[int]):
+    self.inner, self.bad_steps, self.step = inner, bad_steps, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = dict(next(self.inner))
+    self.step += 1
+    if self.step in self.bad_steps:
+      batch["weights"] = np.full(batch["targets"].shape, np.nan, np.float32)
+    else:
+      batch["weights"] = np.ones(batch["targets"].shape, np.float32)
+    return batch
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state) -> None:
+    self.inner.set_state(state)
+
+
+class NoStore:
+  """A CheckpointStore stand-in that records saves."""
+
+  def __init__(self):
+    self.saved: list[int] = []
+
+  def save(self, step, state, data_iterator=None, **kwargs) -> bool:
+    self.saved.append(step)
+    return True
+
+  def wait(self) -> None:
+    pass
+
+  def latest_step(self) -> int | None:
+    return self.saved[-1] if self.saved else None
+
+
+def test_nan_guard_stop_and_skip(tmp_path: Path):
+  """An injected NaN gradient: the update is never applied; "stop" raises TrainingError naming
+  the step and leaves the last checkpoint as the latest; "skip" drops exactly that update (the
+  state after it equals the state before, bitwise) and counts it; too many in a row stop."""
+  config = tiny_config(train__total_steps=6, train__checkpoint_every=2, train__eval_every=100,
+                       train__max_skipped_updates=2)
+  run = train.build_run(config, str(tmp_path))
+  writer = train.MetricsWriter(tmp_path / "metrics")
+
+  store = NoStore()
+  with pytest.raises(train.TrainingError, match="non-finite loss or gradient at step 3"):
+    train.run_loop(run, run.init_state(), NaNInjector(run.make_train_iterator(), {3}), store,
+                   writer, end_step=6)
+  assert store.saved == [2]  # no checkpoint after the bad step
+
+  # One step by hand: the state after a NaN batch is the state before it.
+  state = run.init_state()
+  good = NaNInjector(run.make_train_iterator(), set())
+  state, _ = run.train_step(state, next(good))
+  before = jax.tree.map(np.asarray, state)
+  after, metrics = run.train_step(state, dict(next(good), weights=np.full((8, 32), np.nan,
+                                                                           np.float32)))
+  assert not bool(metrics["finite"])
+  assert int(after.step) == 2
+  assert_trees_equal(jax.tree.map(np.asarray, after._replace(step=before.step)), before)
+
+  skip = train.run_loop(
+      dataclasses.replace(run, config=_with(config, train__nan_policy="skip")),
+      run.init_state(), NaNInjector(run.make_train_iterator(), {3}), NoStore(),
+      train.MetricsWriter(tmp_path / "skip"), end_step=6)
+  assert int(skip.step) == 6
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(skip.params))
+  records = train.read_metrics(tmp_path / "skip")
+  by_step = {m["step"]: m for m in records if "loss" in m}
+  assert [by_step[s]["skipped_updates"] for s in range(1, 7)] == [0, 0, 1, 1, 1, 1]
+  assert np.isnan(by_step[3]["loss"]) and all(np.isfinite(by_step[s]["loss"]) for s in (4, 5, 6))
+
+  with pytest.raises(train.TrainingError, match="non-finite"):
+    train.run_loop(
+        dataclasses.replace(run, config=_with(config, train__nan_policy="skip")),
+        run.init_state(), NaNInjector(run.make_train_iterator(), {2, 3, 4}), NoStore(),
+        train.MetricsWriter(tmp_path / "skip3"), end_step=6)
+  writer.close()
+
+
+def _with(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
+  config = copy.deepcopy(config)
+  for key, value in changes.items():
+    section, leaf = key.split("__")
+    config[section][leaf] = value
+  return config
+
+
+# ------------------------------------------------------------------------------ no pickle
+
+PICKLE_HEADS = tuple(bytes([0x80, p]) for p in range(2, 6))
+
+
+def assert_no_pickle(directory: Path) -> None:
+  """No .pkl/.pickle files, no file that starts like a pickle or holds a framed pickle."""
+  files = [p for p in directory.rglob("*") if p.is_file()]
+  assert files
+  for p in files:
+    assert p.suffix not in (".pkl", ".pickle", ".pck"), p
+    data = p.read_bytes()
+    assert not data.startswith(PICKLE_HEADS), p
+    assert b"\x80\x04\x95" not in data and b"\x80\x05\x95" not in data, p
+
+
+def test_no_pickle_in_a_workdir(reference: Path):
+  assert_no_pickle(reference)
+  assert {p.name for p in (reference / "main").iterdir()} >= {"config.json", "metrics.jsonl",
+                                                               "40", "tensorboard"}
+
+
+# ------------------------------------------------------------------------------ launchers
+
+
+def test_tpu_launcher_dry_run_prints_commands_and_never_calls_gcloud(tmp_path: Path):
+  """--dry-run prints every gcloud command with the right flags; a gcloud on PATH that records
+  its calls proves none is made."""
+  fake_bin = tmp_path / "bin"
+  fake_bin.mkdir()
+  calls = tmp_path / "gcloud_calls"
+  (fake_bin / "gcloud").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 0\n")
+  (fake_bin / "gcloud").chmod(0o755)
+  env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+  result = subprocess.run(
+      ["bash", str(REPO / "launch/tpu_vm.sh"), "--dry-run", "--name", "anytime-v4",
+       "--zone", "us-central2-b", "--accelerator-type", "v4-16",
+       "--runtime-version", "tpu-ubuntu2204-base", "--spot", "--project", "my-proj",
+       "--workdir", "gs://bucket/runs/tiny", "--config", "configs/lm_tiny.py", "--",
+       "--config.train.total_steps=100"],
+      env=env, capture_output=True, text=True, timeout=60, check=False)
+  assert result.returncode == 0, result.stderr
+  assert not calls.exists(), calls.read_text()
+  lines = [l for l in result.stdout.splitlines() if l.startswith("gcloud ")]
+  create = [l for l in lines if " tpu-vm create " in l]
+  assert len(create) == 1
+  for part in ("anytime-v4", "--zone=us-central2-b", "--accelerator-type=v4-16",
+               "--version=tpu-ubuntu2204-base", "--spot", "--project=my-proj"):
+    assert part in create[0], (part, create[0])
+  ssh = [l for l in lines if " tpu-vm ssh " in l]
+  assert ssh and all("--worker=all" in l for l in ssh)
+  assert all("--zone=us-central2-b" in l for l in lines)
+  start = [l for l in ssh if "anytime.main" in l]
+  assert len(start) == 1
+  for part in ("--config configs/lm_tiny.py", "--workdir gs://bucket/runs/tiny",
+               "--config.train.total_steps=100"):
+    assert part in start[0]
+  assert any(" scp " in l or "git clone" in l or "pip install" in l for l in ssh + lines)
+
+  bad = subprocess.run(["bash", str(REPO / "launch/tpu_vm.sh"), "--dry-run", "--zone", "z"],
+                       env=env, capture_output=True, text=True, timeout=60, check=False)
+  assert bad.returncode != 0 and "--name" in bad.stderr
+  assert not calls.exists()
