@@ -179,6 +179,10 @@ def test_run_lab_end_to_end(tmp_path):
     row = [r for r in curves if r["run"] == "cyclic_cosine" and r["step"] == str(b)
            and r["weights"] == "raw"][0]
     assert float(row["lr"]) < 1e-3 * config.peak_lr
+  # Adam's preconditioned sharpness is recorded for the raw iterate at the Hessian steps.
+  pre = [float(r["top_preconditioned_eigenvalue"]) for r in curves
+         if r["run"] == "constant" and r["weights"] == "raw" and int(r["step"]) % 100 == 0]
+  assert pre and all(np.isfinite(pre)) and all(p > 0 for p in pre)
   # The interpolation reaches the branch exactly at alpha = 1.
   wsd_b = summary["findings"]["wsd_vs_constant"][0]["wsd_excess_at_budget"]
   rows = [r for r in _read_csv(tmp_path / "interpolation.csv")
@@ -247,3 +251,15 @@ def test_transformer_option():
   for i in range(30):
     params, opt_state = step(params, opt_state, jax.random.key(i))
   assert float(metrics(params)["excess"]) < 0.5 * start
+
+
+def test_preconditioned_power_iteration_matches_dense():
+  chain = rv.make_chain(3, low_entropy_fraction=0.5, dominant_prob=0.9, seed=0)
+  model = rv.bigram_model(chain, init_scale=1.0, seed=1)
+  flat, unravel = ravel_pytree(model.init_params)
+  d = jnp.linspace(0.5, 2.0, flat.size)
+  dense = jax.jit(jax.hessian(lambda x: model.eval_loss(unravel(x))))(flat)
+  expected = np.linalg.eigvalsh(np.asarray(d[:, None] * dense * d[None, :], np.float64))[-1]
+  value, _ = jax.jit(lambda p, s: rv.top_hessian_eigenpair(
+      model.eval_loss, p, num_iterations=300, scale=s))(model.init_params, unravel(d))
+  assert float(value) == pytest.approx(expected, rel=1e-3)

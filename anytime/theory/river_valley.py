@@ -378,21 +378,26 @@ def top_hessian_eigenpair(
     *,
     num_iterations: int = 50,
     seed: int = 0,
+    scale: Params | None = None,
 ) -> tuple[jax.Array, Params]:
   """Top Hessian eigenvalue of ``loss_fn`` at ``params`` and its unit eigenvector (a tree).
 
   Power iteration on Hessian-vector products (forward-over-reverse, never forming H); the value
   is the Rayleigh quotient of the last iterate. It finds the eigenvalue of largest magnitude:
   the top one for a convex loss (the bigram model's), possibly a negative one otherwise.
-  Jit-able; ``loss_fn`` is static.
+  With ``scale`` (a params-shaped tree d > 0) it is the top eigenpair of diag(d) H diag(d): with
+  d = (sqrt(nu_hat) + eps)^(-1/2) Adam's preconditioned sharpness, whose stability threshold at
+  learning rate lr is (2 + 2 b1) / ((1 - b1) lr) (Cohen et al. 2022, "Adaptive gradient methods
+  at the edge of stability"). Jit-able; ``loss_fn`` is static.
   """
   num_iterations = _positive_int("num_iterations", num_iterations)
   flat, unravel = ravel_pytree(params)
   flat = flat.astype(jnp.float32)
+  d = 1.0 if scale is None else ravel_pytree(scale)[0].astype(jnp.float32)
 
   def hvp(v):
-    tangent = unravel(v)
-    return ravel_pytree(jax.jvp(jax.grad(loss_fn), (unravel(flat),), (tangent,))[1])[0]
+    tangent = unravel(d * v)
+    return d * ravel_pytree(jax.jvp(jax.grad(loss_fn), (unravel(flat),), (tangent,))[1])[0]
 
   v0 = jax.random.normal(jax.random.key(seed), flat.shape, jnp.float32)
   v0 = v0 / jnp.linalg.norm(v0)
@@ -434,6 +439,8 @@ def make_optimizer_factory(
       base = optax.sgd(learning_rate, momentum=optimizer_config["momentum"] or None)
     return averaging.with_averages(base, averages)
 
+  factory.adam_b2 = optimizer_config["b2"] if name == "adam" else None
+  factory.adam_eps = optimizer_config["eps"] if name == "adam" else None
   return factory
 
 
@@ -499,9 +506,23 @@ class Trainer:
     def hessian(params):
       return top_hessian_eigenpair(model.eval_loss, params, num_iterations=hessian_iterations)
 
+    def preconditioned(state):  # Adam only: the top eigenvalue of D H D at the raw iterate.
+      params, opt_state = state
+      adam = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(
+          x, optax.ScaleByAdamState)) if isinstance(x, optax.ScaleByAdamState)]
+      if not adam:
+        return jnp.float32(jnp.nan)
+      b2, eps = tx_factory.adam_b2, tx_factory.adam_eps
+      nu_hat = jax.tree.map(lambda n: n / (1.0 - b2 ** adam[0].count.astype(jnp.float32)),
+                            adam[0].nu)
+      scale = jax.tree.map(lambda n: (jnp.sqrt(n) + eps) ** -0.5, nu_hat)
+      return top_hessian_eigenpair(model.eval_loss, params, num_iterations=hessian_iterations,
+                                   scale=scale)[0]
+
     self._chunk = jax.jit(chunk, donate_argnums=0)
     self._evaluate = jax.jit(evaluate)
     self.hessian = jax.jit(hessian)
+    self.preconditioned = jax.jit(preconditioned)
     self.metrics = jax.jit(model.metrics)
 
   def init_state(self):
@@ -535,6 +556,8 @@ class Trainer:
         row.update({key: float(m[key]) for key in METRIC_NAMES})
         row["distance_to_raw"] = float(m["distance_to_raw"])
         row["top_hessian_eigenvalue"] = float(eig[weights]) if weights in eig else float("nan")
+        pre = eig.get("preconditioned") if weights == "raw" else None
+        row["top_preconditioned_eigenvalue"] = float(pre) if pre is not None else float("nan")
         record.rows.append(row)
         record.flat[(step, weights)] = np.asarray(m["flat"], np.float32)
       if log_every and (step % log_every == 0 or step == end):
@@ -553,6 +576,7 @@ class Trainer:
       if hessian_every and (s + k) % hessian_every == 0:
         for weights, w in averaging.eval_params(state[1], state[0]).items():
           eig[weights] = self.hessian(jax.tree.map(lambda x: x.astype(jnp.float32), w))[0]
+        eig["preconditioned"] = self.preconditioned(state)
       if s + k in snapshot_steps:
         snapshots[s + k] = jax.tree.map(jnp.copy, state)
       if pending:  # fetch the previous chunk's metrics while this one runs.
@@ -709,6 +733,8 @@ def run_lab(config, workdir: str | None = None, *, verbose: bool = True) -> dict
       "num_params": int(ravel_pytree(model.init_params)[0].size),
       "budgets": budgets,
       "cooldown_steps": cooldowns,
+      "optimizer": config.optimizer.to_dict(),
+      "peak_lr": peak,
       "results": _budget_table(records, budgets, list(config.averages)),
   }
   summary["findings"] = _findings(records, budgets, cooldowns, config.reference_average)
@@ -977,7 +1003,8 @@ def plot_all(workdir: str, records, summary, diagnostics, reference: str) -> lis
   methods = sorted({r["method"] for r in summary["results"]})
   for method in methods:
     rows = [r for r in summary["results"] if r["method"] == method]
-    ax.plot([r["budget"] for r in rows], [r["excess"] for r in rows], marker="o", label=method)
+    style = dict(ls="--", marker="x", ms=9) if method == "wsd_s" else dict(marker="o")
+    ax.plot([r["budget"] for r in rows], [r["excess"] for r in rows], label=method, **style)
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("budget (steps)")
@@ -986,7 +1013,7 @@ def plot_all(workdir: str, records, summary, diagnostics, reference: str) -> lis
   save(fig, "budgets.png")
 
   # 4. Sharpness and distances over time.
-  fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
+  fig, (ax, ax_pre, ax_d) = plt.subplots(1, 3, figsize=(15, 4))
   for name, weights, style, label in [
       ("constant", "raw", dict(color="k"), "constant (raw)"),
       ("constant", reference, dict(color="tab:red"), f"constant + {reference}"),
@@ -1004,7 +1031,30 @@ def plot_all(workdir: str, records, summary, diagnostics, reference: str) -> lis
   ax.set_xlabel("step")
   ax.set_ylabel("top Hessian eigenvalue")
   ax.set_title("sharpness (power iteration)")
-  ax.legend(fontsize=7)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7)
+  optimizer = summary.get("optimizer", {})
+  for name, style, label in [("constant", dict(color="k"), "constant"),
+                             ("wsd_s", dict(color="tab:orange"), "WSD-S")]:
+    x, y = series(name, "raw", "top_preconditioned_eigenvalue")
+    keep = np.isfinite(y) if len(y) else []
+    if len(x) and np.any(keep):
+      ax_pre.plot(x[keep], y[keep], marker=".", label=f"{label}: top eig of D H D", **style)
+  for b, color in zip(budgets, colors):
+    x, y = series(f"wsd_{b}", "raw", "top_preconditioned_eigenvalue")
+    keep = np.isfinite(y) if len(y) else []
+    if len(x) and np.any(keep):
+      ax_pre.plot(x[keep], y[keep], color=color, marker=".", lw=2, label=f"WSD {b}")
+  if optimizer.get("name") == "adam" and "constant" in records:
+    x, lr = series("constant", "raw", "lr")
+    b1 = optimizer["b1"]
+    ax_pre.plot(x, (2 + 2 * b1) / ((1 - b1) * lr), color="gray", ls=":",
+                label="Adam stability threshold at the constant LR")
+  ax_pre.set_yscale("log")
+  ax_pre.set_xlabel("step")
+  ax_pre.set_title("Adam-preconditioned sharpness")
+  if ax_pre.get_legend_handles_labels()[0]:
+    ax_pre.legend(fontsize=7)
   x, y = series("constant", reference, "distance_to_raw")
   if len(x):
     ax_d.plot(x, y, color="tab:red", label=f"|raw - {reference}| (constant run)")
@@ -1014,7 +1064,8 @@ def plot_all(workdir: str, records, summary, diagnostics, reference: str) -> lis
                  summary["diagnostics"]["per_budget"][0] else None)
   ax_d.set_xlabel("step")
   ax_d.set_ylabel("distance (centered params)")
-  ax_d.legend(fontsize=7)
+  if ax_d.get_legend_handles_labels()[0]:
+    ax_d.legend(fontsize=7)
   save(fig, "sharpness_distance.png")
 
   if diagnostics:
