@@ -807,8 +807,8 @@ def _findings(records, budgets, cooldowns, reference) -> dict[str, Any]:
           "ema_gap_closed": (raw - avg) / (raw - wsd) if raw != wsd else float("nan"),
       })
     out["wsd_vs_constant"] = per_budget
-  methods = [m for m in ("wsd", "wsd_s", "cyclic_cosine", "cosine") if
-             any(m == k.rsplit("_", 1)[0] or m == k for k in records)]
+  methods = [m for m in ("wsd", "wsd_s", "cyclic_cosine", "cosine")
+             if m in records or f"{m}_{budgets[0]}" in records]
   if methods:
     out["one_run_budgets"] = {
         str(b): {m: _method_value(records, m, b) for m in methods} for b in budgets
