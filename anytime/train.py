@@ -484,12 +484,15 @@ def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.Checkpoi
 
 def restore_or_init(run: Run, store: checkpoint.CheckpointStore) -> tuple[TrainState, Any, int | None]:
   """The newest intact checkpoint of ``store`` (with its data iterator), or a fresh state."""
+  steps = store.all_steps()
   found = store.restore_latest_intact(run.abstract_state, run.make_train_iterator)
-  if found is None and store.all_steps():
+  damaged = sorted(p.name for p in store.directory.glob("*.damaged*"))
+  if found is None and (steps or damaged):
     raise TrainingError(
-        f"{store.directory} holds checkpoints at steps {store.all_steps()} but none could be "
-        "restored (see the warnings above); they are left in place. Move them away to start "
-        "over, or fix the cause.")
+        f"{store.directory} holds checkpoints ({', '.join(map(str, steps)) or 'none intact'}; "
+        f"set aside: {', '.join(damaged) or 'none'}) but none could be restored (see the "
+        "warnings above). Refusing to start over on top of them: move them away, or fix the "
+        "cause.")
   if found is None:
     return run.init_state(), run.make_train_iterator(), None
   step, state, iterator = found
