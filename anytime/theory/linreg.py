@@ -320,17 +320,72 @@ def _risks(state, eig, mult, rho_A):
   return jnp.sum(eig_w * s, -1), rho_A[:, None, None] ** 2 * jnp.sum(eig_w * m, -1)
 
 
+@functools.partial(jax.jit, static_argnames=("inv_batch", "block", "num_checkpoints"))
+def _two_pass(eig, mult, inw, s0, shapes_NxS, peaks_L, kappa_NxA, checkpoint_index_N, noise,
+              inv_batch, block, num_checkpoints):
+  """Exact mode for large K. Pass 1 runs s alone (it needs all coordinates each step, for q) and
+  stores q_t; given q_t the coordinates decouple, so pass 2 runs (s, M, D) over blocks of
+  ``block`` coordinates that stay in cache for all N steps. Returns sum_k mult eig s and
+  sum_k mult eig M at the checkpoints: (C, S, L), (C, A, S, L)."""
+  num_s, num_l, num_a = shapes_NxS.shape[1], peaks_L.shape[0], kappa_NxA.shape[1]
+  eig_w = mult * eig
+
+  def s_update(s, el, eta, q, inw):
+    return (1.0 + el * ((1.0 + inv_batch) * el - 2.0)) * s + el * (eta * inv_batch * (q + noise)) * inw
+
+  def step1(s, shape_t):
+    eta = shape_t[:, None, None] * peaks_L[None, :, None]
+    q = jnp.sum(eig_w * s, axis=-1, keepdims=True)
+    return s_update(s, eta * eig, eta, q, inw), q[..., 0]
+
+  s_init = jnp.broadcast_to(s0, (num_s, num_l) + s0.shape)
+  _, q_NxSxL = jax.lax.scan(step1, s_init, shapes_NxS)
+  num_blocks = -(-eig.shape[0] // block)
+  pad = num_blocks * block - eig.shape[0]
+  blocked = [jnp.pad(a, (0, pad)).reshape(num_blocks, block) for a in (eig, eig_w, inw, s0)]
+
+  def run_block(b, acc):
+    eig_b, w_b, inw_b, s0_b = (a[b] for a in blocked)
+    s = jnp.broadcast_to(s0_b, (num_s, num_l, block))
+    m = jnp.broadcast_to(s, (num_a,) + s.shape)
+
+    def step2(state, xs):
+      s, m, d, acc = state
+      shape_t, kappa_t, q_t, index = xs
+      eta = shape_t[:, None, None] * peaks_L[None, :, None]
+      el = eta * eig_b
+      s = s_update(s, el, eta, q_t[..., None], inw_b)
+      kappa = kappa_t[:, None, None, None]
+      x = (kappa - kappa * el) * d
+      d = x + s
+      m = kappa * kappa * m + 2.0 * x + s
+      acc = jax.lax.cond(index >= 0, lambda a: (a[0].at[index].add(jnp.sum(w_b * s, -1)),
+                                                a[1].at[index].add(jnp.sum(w_b * m, -1))),
+                         lambda a: a, acc)
+      return (s, m, d, acc), None
+
+    xs = (shapes_NxS, kappa_NxA, q_NxSxL, checkpoint_index_N)
+    return jax.lax.scan(step2, (s, m, m, acc), xs)[0][3]
+
+  acc = (jnp.zeros((num_checkpoints, num_s, num_l)),
+         jnp.zeros((num_checkpoints, num_a, num_s, num_l)))
+  return jax.lax.fori_loop(0, num_blocks, run_block, acc)
+
+
 def expected_risk(coords: Coordinates, noise: float, shapes: np.ndarray,
                   peak_lrs: Sequence[float], checkpoints: Sequence[int], *,
                   averages: np.ndarray | None = None, batch_size: int = 1,
-                  divergence_factor: float = 1e8, progress: Callable[[str], None] | None = None
-                  ) -> RiskCurves:
+                  divergence_factor: float = 1e8, progress: Callable[[str], None] | None = None,
+                  method: str = "auto", block: int = 2048) -> RiskCurves:
   """Exact expected excess risk of SGD for every (schedule shape, peak LR), float64.
 
   ``shapes`` (S, N): LR multipliers of steps 1..N (``schedule_shape``); the LR of row (s, l)
   is ``shapes[s] * peak_lrs[l]``. ``averages`` (A, N): average weights rho_t
   (``averaging_weights``; default uniform). A row whose risk exceeds ``divergence_factor``
   times (initial risk + noise) or is not finite is reported diverged, with risk inf.
+  ``method``: ``fused`` (one pass over all pseudo-coordinates per step), ``two_pass`` (s first,
+  then (s, M, D) in cache-sized blocks of ``block`` coordinates; faster for large K, stores
+  N x S x L values of q) or ``auto`` (two_pass when K >= 4 * block).
   """
   coords, noise, shapes, peak_lrs, averages, checkpoints, batch_size = _validate_run(
       coords, noise, shapes, peak_lrs, averages, checkpoints, batch_size)
@@ -340,20 +395,40 @@ def expected_risk(coords: Coordinates, noise: float, shapes: np.ndarray,
   kappa = _kappa(averages)
   last = np.zeros((num_s, num_l, len(checkpoints)))
   average = np.zeros((num_a, num_s, num_l, len(checkpoints)))
+  if method not in ("auto", "fused", "two_pass"):
+    raise ValueError(f"method must be 'auto', 'fused' or 'two_pass', got {method!r}")
+  block = _check_int("block", block, 1)
+  if method == "auto":
+    method = "two_pass" if num_k >= 4 * block else "fused"
   with jax.enable_x64(True):
     eig, mult, inw, s0 = (jnp.asarray(a) for a in coords)
-    s = jnp.broadcast_to(s0, (num_s, num_l, num_k))
-    state = (s, jnp.broadcast_to(s, (num_a,) + s.shape), jnp.broadcast_to(s, (num_a,) + s.shape))
-    args = (eig, mult, inw, jnp.asarray(shapes.T), jnp.asarray(peak_lrs), jnp.asarray(kappa.T),
-            jnp.asarray(noise))
-    start, t_begin = 0, time.time()
-    for c, step in enumerate(checkpoints):
-      state = _advance(state, start, int(step), *args, inv_batch=1.0 / batch_size)
-      r_last, r_avg = _risks(state, eig, mult, jnp.asarray(averages[:, step - 1]))
-      last[..., c], average[..., c] = np.asarray(r_last), np.asarray(r_avg)
-      start = int(step)
+    if method == "two_pass":
+      index = np.full(shapes.shape[1], -1, np.int32)
+      index[checkpoints - 1] = np.arange(len(checkpoints))
+      t_begin = time.time()
+      sum_s, sum_m = _two_pass(eig, mult, inw, s0, jnp.asarray(shapes.T), jnp.asarray(peak_lrs),
+                               jnp.asarray(kappa.T), jnp.asarray(index), jnp.asarray(noise),
+                               inv_batch=1.0 / batch_size, block=min(block, num_k),
+                               num_checkpoints=len(checkpoints))
+      last[:] = 0.5 * np.moveaxis(np.asarray(sum_s), 0, -1)
+      rho = averages[:, checkpoints - 1]  # (A, C)
+      average[:] = 0.5 * np.moveaxis(np.asarray(sum_m), 0, -1) * (rho**2)[:, None, None, :]
       if progress is not None:
-        progress(f"step {step}/{checkpoints[-1]} ({time.time() - t_begin:.1f}s)")
+        progress(f"step {checkpoints[-1]}/{checkpoints[-1]} ({time.time() - t_begin:.1f}s)")
+    else:
+      s = jnp.broadcast_to(s0, (num_s, num_l, num_k))
+      state = (s, jnp.broadcast_to(s, (num_a,) + s.shape),
+               jnp.broadcast_to(s, (num_a,) + s.shape))
+      args = (eig, mult, inw, jnp.asarray(shapes.T), jnp.asarray(peak_lrs),
+              jnp.asarray(kappa.T), jnp.asarray(noise))
+      start, t_begin = 0, time.time()
+      for c, step in enumerate(checkpoints):
+        state = _advance(state, start, int(step), *args, inv_batch=1.0 / batch_size)
+        r_last, r_avg = _risks(state, eig, mult, jnp.asarray(averages[:, step - 1]))
+        last[..., c], average[..., c] = np.asarray(r_last), np.asarray(r_avg)
+        start = int(step)
+        if progress is not None:
+          progress(f"step {step}/{checkpoints[-1]} ({time.time() - t_begin:.1f}s)")
   bad = ~np.isfinite(last) | (last > limit) | np.any(~np.isfinite(average) | (average > limit), 0)
   diverged = np.any(bad, axis=-1)
   last[np.broadcast_to(diverged[..., None], last.shape)] = np.inf
