@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -82,9 +83,19 @@ def main(argv: list[str]) -> None:
                      sigma_rels=[float(s) for s in _SIGMA_REL.value])
 
 
+def _main_with_clear_errors(argv: list[str]) -> None:
+  """Bad input ends in one line naming what is wrong (ANYTIME_TRACEBACK=1 shows the trace)."""
+  try:
+    main(argv)
+  except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    if os.environ.get("ANYTIME_TRACEBACK"):
+      raise
+    sys.exit(f"error: {e}")
+
+
 def run() -> None:
   sys.argv = _normalize_dashes(sys.argv)
-  app.run(main)
+  app.run(_main_with_clear_errors)
 
 
 if __name__ == "__main__":

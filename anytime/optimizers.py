@@ -46,8 +46,14 @@ def _matrices_only(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def build(config: Mapping[str, Any]) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns ``(tx, schedule)`` for an optimizer config (see ``default_config``)."""
+def build(
+    config: Mapping[str, Any], extra_averages: Mapping[str, averaging.Average] | None = None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns ``(tx, schedule)`` for an optimizer config (see ``default_config``).
+
+  ``extra_averages`` are kept next to the configured ones (the trainer adds the post-hoc
+  tracking EMAs there).
+  """
   name = config["name"]
   if name not in OPTIMIZERS:
     raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {name!r}")
@@ -76,6 +82,10 @@ def build(config: Mapping[str, Any]) -> tuple[optax.GradientTransformation, opta
   averages = {
       avg_name: averaging.from_config(spec) for avg_name, spec in dict(config["averages"]).items()
   }
+  for avg_name, spec in (extra_averages or {}).items():
+    if avg_name in averages:
+      raise ValueError(f"optimizer.averages.{avg_name} clashes with a post-hoc tracking average")
+    averages[avg_name] = spec
   if averages:
     base = averaging.with_averages(base, averages)
   if config["grad_clip_norm"]:

@@ -73,8 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
       keep_period=0,  # also keep every checkpoint whose step is a multiple of this
       nan_policy="stop",  # "stop": fail with a clear error; "skip": drop the update and count it
       max_skipped_updates=10,  # with "skip": give up after this many consecutive bad steps
-      snapshot_every=0,  # post-hoc averaging snapshots of the power EMAs (0 = off)
-      snapshot_keep=0,
+      snapshot_every=0,  # post-hoc averaging snapshots of two power EMAs (0 = off)
+      snapshot_keep=0,  # snapshots kept (0 = all)
+      snapshot_sigma_rels=[0.05, 0.10],  # the tracked power EMAs (anytime.posthoc)
       peak_flops_per_device=0.0,  # 0 = from the device kind (MFU is omitted when unknown)
       async_checkpoints=True,
   ))
@@ -146,7 +147,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                        f"{batch_shards} (mesh axes {batch_axes} of {shape})")
     if t[key] and t[key] % jax.process_count():
       raise ValueError(f"train.{key} must be divisible by the {jax.process_count()} processes")
-  optimizers.build(config.optimizer)  # validates optimizer, schedule and averages
+  optimizers.build(config.optimizer, posthoc_tracking(config))  # validates optimizer + averages
   model_lib.ModelConfig(**{**config.model.to_dict(), "vocab_size": 1})
   data_lib.validate_config(config.data)
 
@@ -190,18 +191,16 @@ class Run:
         seed=self.config.seed, process_index=jax.process_index(),
         process_count=jax.process_count())
 
+  def validation_loss(self, params) -> float:
+    """Mean validation loss (nats/token) of one set of params."""
+    totals = [self.eval_step(params, batch) for batch in self.eval_batches]  # all dispatched
+    return sum(float(a) for a, _ in totals) / max(sum(float(b) for _, b in totals), 1.0)
+
   def evaluate(self, state: TrainState) -> dict[str, float]:
     """Validation loss of the raw params and of every average, keyed ``eval_loss/<name>``."""
     candidates = averaging.eval_params(state.opt_state, state.params)
-    sums = {}
-    for name, params in candidates.items():
-      totals = [self.eval_step(params, batch) for batch in self.eval_batches]
-      sums[name] = totals
-    out = {}
-    for name, totals in sums.items():
-      loss = sum(float(a) for a, _ in totals) / max(sum(float(b) for _, b in totals), 1.0)
-      out[f"eval_loss/{name}"] = loss
-    return out
+    return {f"eval_loss/{name}": self.validation_loss(params)
+            for name, params in candidates.items()}
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
@@ -230,7 +229,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   if schedule_override is not None:
     opt_config = ml_collections.ConfigDict(config.optimizer.to_dict())
     opt_config.schedule = ml_collections.ConfigDict(dict(schedule_override))
-  tx, schedule = optimizers.build(opt_config)
+  tx, schedule = optimizers.build(opt_config, posthoc_tracking(config))
 
   key = jax.random.key(config.seed)
   graphdef = model_lib.graphdef(model_config)
@@ -513,6 +512,27 @@ def check_resumable(config: ml_collections.ConfigDict, directory: epath.Path) ->
         f"resume ({', '.join(SAFE_TO_CHANGE)}).")
 
 
+def stored_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
+  """The resolved config a workdir's main branch was trained with."""
+  directory = checkpoint.main_dir(workdir)
+  stored = checkpoint.read_json(directory / "config.json")
+  if stored is None:
+    raise FileNotFoundError(f"--workdir {workdir} holds no main branch (no {directory}/"
+                            "config.json); train it first")
+  def merge(defaults, values):
+    out = dict(defaults)
+    for key, value in values.items():
+      # Free-form sections (a schedule's options, the named averages) are taken whole.
+      nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+      out[key] = merge(out[key], value) if nested and key not in ("schedule", "averages") \
+          else value
+    return out
+
+  config = ml_collections.ConfigDict(merge(default_config().to_dict(), stored))
+  config.lock()
+  return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the main branch in ``workdir/main`` (resuming if it holds a checkpoint).
 
@@ -536,13 +556,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"[main] resumed from step {restored}", flush=True)
   writer = MetricsWriter(directory, truncate_after=restored)
   snapshots = _snapshot_writer(config, directory)
+  if snapshots is not None:
+    snapshots.discard_after(restored or 0)  # snapshots newer than the resumed state are redone
   from anytime.experiments import branch as branch_lib  # pylint: disable=g-import-not-at-top
 
   def on_step(step, state, train_iter):
     if snapshots is not None and step % config.train.snapshot_every == 0:
-      snapshots.save(step, {name: averaging.averaged_params(state.opt_state, name)
-                            for name in averaging.average_names(state.opt_state)
-                            if name.startswith("pema")})
+      from anytime import posthoc  # pylint: disable=g-import-not-at-top
+
+      snapshots.save(step, posthoc.tracked_averages(state.opt_state, snapshots.tracking))
     for p in plan:
       if p["branch_step"] == step and not branch_lib.branch_finished(workdir, p["name"]):
         branch_lib.run_branch_from_state(config, workdir, run, state, train_iter, **p)
@@ -574,9 +596,19 @@ def planned_branches(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   return plan
 
 
+def posthoc_tracking(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The power EMAs tracked for post-hoc averaging (none when snapshots are off)."""
+  if not config.train.snapshot_every:
+    return {}
+  from anytime import posthoc  # pylint: disable=g-import-not-at-top
+
+  return posthoc.default_tracking(tuple(config.train.snapshot_sigma_rels))
+
+
 def _snapshot_writer(config, directory):
   if not config.train.snapshot_every:
     return None
   from anytime import posthoc  # pylint: disable=g-import-not-at-top
 
-  return posthoc.SnapshotWriter(str(directory / "snapshots"), keep=config.train.snapshot_keep)
+  return posthoc.SnapshotWriter(str(directory / "snapshots"), posthoc_tracking(config),
+                                keep=config.train.snapshot_keep)

@@ -96,14 +96,7 @@ def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "l
   if mode not in ("wsd", "wsd_s"):
     raise ValueError(f"--mode must be 'wsd' or 'wsd_s', got {mode!r}")
   main_directory = checkpoint.main_dir(workdir)
-  stored = checkpoint.read_json(main_directory / "config.json")
-  if stored is None:
-    raise FileNotFoundError(f"--workdir {workdir} holds no main branch (no {main_directory}/"
-                            "config.json); train it first")
-  config = train_lib.default_config()
-  config.unlock()
-  config.update_from_flattened_dict(checkpoint.flatten(stored))
-  config.lock()
+  config = train_lib.stored_config(workdir)
   main_store = checkpoint.CheckpointStore(main_directory, read_only=True)
   steps = main_store.all_steps()
   if from_step not in steps:

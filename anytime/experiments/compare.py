@@ -65,7 +65,7 @@ def default_suite() -> ml_collections.ConfigDict:
       wsd_shape="linear",
       wsd_final_fraction=0.1,
       wsd_s_cooldown_fraction=0.2,  # of the base horizon T
-      evals_per_base=4,  # evaluations per T along the anytime runs (for the curves)
+      evals_per_base=2,  # evaluations per T along the anytime runs (for the curves)
   ))
 
 

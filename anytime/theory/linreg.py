@@ -761,6 +761,15 @@ def run_exponent(config, workdir: str, progress: Callable[[str], None] = print) 
       for g, (gamma, offset) in enumerate(grid):
         rows += [(a, b, noise, gamma, offset, int(t), float(multipliers[best_lr[g, c]]),
                   float(tuned[g, c])) for c, t in enumerate(checkpoints)]
+      # Anytime protocol: one LR per (gamma, alpha) for all horizons >= single_lr_tune_from,
+      # chosen by the mean log risk over them.
+      tune_cols = np.nonzero(checkpoints >= config.single_lr_tune_from)[0]
+      log_risk = np.log(np.where(np.isfinite(risk), risk, np.inf))[..., tune_cols].mean(-1)
+      single_lr = np.argmin(log_risk, axis=1)  # (G,)
+      single = risk[np.arange(len(grid)), single_lr]  # (G, C)
+      single_best = int(np.argmin(single[:, -1]))
+      star_single = single[[g for g, (gamma, _) in enumerate(grid)
+                            if abs(gamma - gamma_star) < 1e-6]].min(axis=0)
       best = np.argmin(tuned, axis=0)
       constant = tuned[0]
       star_plain = tuned[grid.index((exponents[0] if gamma_star == 0 else round(gamma_star, 6),
@@ -768,7 +777,7 @@ def run_exponent(config, workdir: str, progress: Callable[[str], None] = print) 
       star_rows = [g for g, (gamma, _) in enumerate(grid) if abs(gamma - gamma_star) < 1e-6]
       star_best = tuned[star_rows].min(axis=0) if gamma_star > 0 else constant
 
-      def overtake(candidate):
+      def overtake(candidate, constant=constant):
         ahead = candidate < constant
         if not ahead[-1]:
           return None
@@ -786,13 +795,25 @@ def run_exponent(config, workdir: str, progress: Callable[[str], None] = print) 
               for c, t in enumerate(checkpoints)],
           "overtake_step_plain": overtake(star_plain) if gamma_star > 0 else None,
           "overtake_step_best_offset": overtake(star_best) if gamma_star > 0 else None,
+          "single_lr": {
+              "best_at_last_step": {"gamma": grid[single_best][0], "offset": grid[single_best][1],
+                                    "lr_multiplier": float(multipliers[single_lr[single_best]]),
+                                    "risk": float(single[single_best, -1])},
+              "constant_avg_risk_at_last_step": float(single[0, -1]),
+              "constant_lr_multiplier": float(multipliers[single_lr[0]]),
+              "gamma_star_best_offset_risk_at_last_step": float(star_single[-1]),
+              "overtake_step_best_offset": (overtake(star_single, single[0])
+                                            if gamma_star > 0 else None),
+          },
       }
       summary["results"].append(result)
       last = result["best_per_horizon"][-1]
       progress(f"[a={a:g} b={b:g} noise={noise:g}] {result['seconds']:.1f}s; at N={last['step']}"
                f" best gamma={last['gamma']:g} offset={last['offset']:g} (gamma*={gamma_star:.3g})"
                f"; t^-gamma* overtakes constant at N={result['overtake_step_plain']}"
-               f" (best offset: {result['overtake_step_best_offset']})")
+               f" (best offset: {result['overtake_step_best_offset']}); single LR: best gamma="
+               f"{grid[single_best][0]:g} offset={grid[single_best][1]:g}, gamma* overtakes at N="
+               f"{result['single_lr']['overtake_step_best_offset']}")
   summary["seconds"] = time.time() - start_all
   _write_csv(os.path.join(workdir, "exponent_sweep.csv"),
              ("capacity", "source", "noise", "gamma", "offset", "step", "lr_multiplier",

@@ -471,8 +471,13 @@ class Trainer:
   decay branch sees the data its main run would have seen (common random numbers).
   """
 
-  def __init__(self, model: LabModel, chain: BigramChain, tx_factory, *, batch_size: int,
+  def __init__(self, model: LabModel, chain: BigramChain,
+               tx_factory: Callable[[Any], optax.GradientTransformation], *, batch_size: int,
                seq_len: int, chunk_steps: int, hessian_iterations: int, seed: int):
+    batch_size = _positive_int("batch_size", batch_size)
+    seq_len = _positive_int("seq_len", seq_len, 2)
+    chunk_steps = _positive_int("chunk_steps", chunk_steps)
+    hessian_iterations = _positive_int("hessian_iterations", hessian_iterations)
     self.model = model
     self.tx_factory = tx_factory
     self.chunk_steps = chunk_steps
@@ -512,7 +517,7 @@ class Trainer:
           x, optax.ScaleByAdamState)) if isinstance(x, optax.ScaleByAdamState)]
       if not adam:
         return jnp.float32(jnp.nan)
-      b2, eps = tx_factory.adam_b2, tx_factory.adam_eps
+      b2, eps = getattr(tx_factory, "adam_b2", 0.999), getattr(tx_factory, "adam_eps", 1e-8)
       nu_hat = jax.tree.map(lambda n: n / (1.0 - b2 ** adam[0].count.astype(jnp.float32)),
                             adam[0].nu)
       scale = jax.tree.map(lambda n: (jnp.sqrt(n) + eps) ** -0.5, nu_hat)
@@ -523,24 +528,24 @@ class Trainer:
     self._evaluate = jax.jit(evaluate)
     self.hessian = jax.jit(hessian)
     self.preconditioned = jax.jit(preconditioned)
-    self.metrics = jax.jit(model.metrics)
 
   def init_state(self):
     params = self.model.init_params
     return params, self.tx_factory(0.0).init(params)
 
-  def run(self, name: str, schedule, state, start: int, end: int, *, hessian_every: int = 0,
-          snapshot_steps: Sequence[int] = (), log_every: int = 0,
-          record: RunRecord | None = None) -> tuple[RunRecord, dict[int, Any]]:
+  def run(self, name: str, schedule: Callable[[Any], Any], state, start: int, end: int, *,
+          hessian_every: int = 0, snapshot_steps: Sequence[int] = (),
+          log_every: int = 0) -> tuple[RunRecord, dict[int, Any]]:
     """Trains steps [start, end) with LR ``schedule(step)``; evaluates every chunk.
 
     Returns the record and copies of the state at ``snapshot_steps`` (for decay branches).
     """
     k = self.chunk_steps
+    hessian_every = _positive_int("hessian_every", hessian_every, 0)
     if start % k or end % k or end <= start:
       raise ValueError(f"{name}: start ({start}) and end ({end}) must be multiples of "
                        f"eval_every ({k}) with end > start")
-    record = record or RunRecord(name)
+    record = RunRecord(name)
     snapshots = {}
     state = jax.tree.map(jnp.copy, state)  # the caller's state survives donation.
     if start in snapshot_steps:
@@ -569,7 +574,8 @@ class Trainer:
 
     for s in range(start, end, k):
       steps = np.arange(s, s + k)
-      lrs_K = jnp.asarray(np.asarray(schedule(steps), np.float32))
+      # np.broadcast_to: some schedules (optax.constant_schedule) return a scalar for any step.
+      lrs_K = jnp.asarray(np.broadcast_to(np.asarray(schedule(steps), np.float32), steps.shape))
       state, train_loss = self._chunk(state, lrs_K, jax.random.fold_in(self.data_key, s))
       evaluated = self._evaluate(state)
       eig = {}
