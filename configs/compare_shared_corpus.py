@@ -3,11 +3,11 @@
     python -m anytime.main compare --config configs/compare_shared_corpus.py \
         --workdir /tmp/anytime_shared
 
-Byte-level 3-layer d=96 transformer (~0.4M params) on Shakespeare, the King James Bible and
+Byte-level 2-layer d=64 transformer (0.1M params) on Shakespeare, the King James Bible and
 Milton (train: 9.0M bytes; validation: 4 held-back plays and 6 held-back books, 0.73M bytes).
-Base horizon T = 300 steps of 16 x 128 tokens; horizons 1x-8x (0.6M-4.9M tokens, under one
+Base horizon T = 200 steps of 16 x 64 tokens; horizons 1x-8x (0.2M-1.6M tokens, under one
 epoch). Cosine is tuned per horizon over 3 peak LRs (12 runs); the anytime methods use one LR
-for all horizons. Evaluation: 16 x 32 windows of 128 tokens (65k validation tokens).
+for all horizons. Evaluation: 16 x 32 windows of 64 tokens (33k validation tokens).
 The README's results section reports what this produced and how long it took.
 """
 
@@ -19,28 +19,28 @@ from anytime.experiments import compare
 
 def get_config():
   base = train.default_config()
-  base.model.d_model = 96
-  base.model.num_layers = 3
-  base.model.num_heads = 3
-  base.model.mlp_dim = 384
-  base.model.max_len = 128
+  base.model.d_model = 64
+  base.model.num_layers = 2
+  base.model.num_heads = 2
+  base.model.mlp_dim = 256
+  base.model.max_len = 64
   base.data.source = "text"
   base.data.train_patterns = ("../shared/data/text/train/*.txt.gz",)
   base.data.validation_patterns = ("../shared/data/text/validation/*.txt.gz",)
   base.train.batch_size = 16
-  base.train.seq_len = 128
+  base.train.seq_len = 64
   base.train.eval_batches = 16
   base.train.eval_batch_size = 32
-  base.train.log_every = 300
+  base.train.log_every = 200
   base.parallel.mesh = dict(data=1, fsdp=1, tensor=1)
   base.parallel.num_devices = 1
   suite = compare.default_suite()
-  suite.base_steps = 300
+  suite.base_steps = 200
   suite.multipliers = [1, 2, 4, 8]
-  suite.warmup_steps = 30
+  suite.warmup_steps = 20
   suite.cosine_peak_values = [2e-3, 4e-3, 8e-3]
   suite.peak_values = [4e-3]
   suite.schedule_free_peak_values = [4e-3]
-  suite.inverse_sqrt_offset = 120.0  # 4x the warmup, as in the seed paper
+  suite.inverse_sqrt_offset = 80.0  # 4x the warmup, as in the seed paper
   suite.evals_per_base = 2
   return ml_collections.ConfigDict(dict(base=base, suite=suite))
