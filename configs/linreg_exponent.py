@@ -3,7 +3,8 @@
 For each panel (a in {1.1, 1.5, 1.9} x b in {a, 2a}) and noise sigma^2 in {1e-4, 1e-2, 1}, sweeps
 gamma and the offset alpha (alpha = 1 is the plain t^-gamma), tunes the LR per (gamma, alpha) and
 horizon, and reports the best (gamma, alpha) per horizon next to gamma* = max(1 - a/b, 0), and the
-horizon at which t^-gamma* + average overtakes constant + average (b > a).
+horizon at which t^-gamma* + average overtakes constant + average (b > a), both with the LR tuned
+per horizon and with one LR for all horizons (the anytime protocol).
 
   python -m anytime.theory.linreg --config configs/linreg_exponent.py --workdir /tmp/linreg_exp
 
@@ -30,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.offsets = (1.0, 10.0, 100.0, 1000.0, 10_000.0)
   config.lr_multipliers = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
   config.curve_points = 25  # log-spaced horizons at which everything is tuned and reported.
+  config.single_lr_tune_from = 1000  # anytime protocol: one LR over all horizons >= this.
   config.fast = True
   config.bins_per_octave = 16
   config.estimate_error = False
