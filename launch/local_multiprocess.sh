@@ -8,14 +8,15 @@
 # Flags: -n processes (default 2), -d CPU devices per process (default 2), -p coordinator port
 # (default: a free one), -l log dir (default <workdir>/logs). Everything after -- goes to
 # `python -m anytime.main` of every process. Logs: <log dir>/process_<i>.log. Exits non-zero if
-# any process fails; Ctrl-C / SIGTERM is forwarded to all processes.
+# any process fails (and then stops the others); Ctrl-C / SIGTERM is forwarded to all processes.
+# Environment: PYTHON (interpreter, default python); XLA_FLAGS and JAX_PLATFORMS are set here.
 set -euo pipefail
 
 num_processes=2
 devices_per_process=2
 port=""
 log_dir=""
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 while getopts "n:d:p:l:h" opt; do
   case "$opt" in
     n) num_processes="$OPTARG" ;;
@@ -49,7 +50,7 @@ fi
 log_dir="${log_dir:-$workdir/logs}"
 mkdir -p "$log_dir"
 if [[ -z "$port" ]]; then
-  port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  port="$("${PYTHON:-python}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 fi
 
 pids=()
@@ -61,7 +62,7 @@ trap 'cleanup; wait; exit 143' TERM INT
 for ((i = 0; i < num_processes; i++)); do
   JAX_PLATFORMS=cpu \
   XLA_FLAGS="--xla_force_host_platform_device_count=$devices_per_process" \
-    python -m anytime.main "$@" \
+    "${PYTHON:-python}" -m anytime.main "$@" \
       --config.distributed.coordinator_address="127.0.0.1:$port" \
       --config.distributed.num_processes="$num_processes" \
       --config.distributed.process_id="$i" \
