@@ -122,7 +122,7 @@ else
 fi
 
 # 3. Install (idempotent).
-ssh_all "set -e; cd $remote_dir && python3 -m pip install --quiet -U $(printf '%q' "$jax_spec") && python3 -m pip install --quiet -e ."
+ssh_all "set -e; cd $remote_dir && python3 -m pip install --quiet -U $(printf '%q' "$jax_spec") gcsfs && python3 -m pip install --quiet -e ."
 
 # 4. Start the trainer on all workers at once (jax.distributed finds the slice by itself),
 #    detached, one log per worker; a run already going on a worker is left alone.
