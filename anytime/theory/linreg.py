@@ -331,7 +331,8 @@ def _two_pass(eig, mult, inw, s0, shapes_NxS, peaks_L, kappa_NxA, checkpoint_ind
   eig_w = mult * eig
 
   def s_update(s, el, eta, q, inw):
-    return (1.0 + el * ((1.0 + inv_batch) * el - 2.0)) * s + el * (eta * inv_batch * (q + noise)) * inw
+    gain = el * (eta * inv_batch * (q + noise))
+    return (1.0 + el * ((1.0 + inv_batch) * el - 2.0)) * s + gain * inw
 
   def step1(s, shape_t):
     eta = shape_t[:, None, None] * peaks_L[None, :, None]
