@@ -12,7 +12,8 @@ and ``linreg.expected_risk`` in its exact mode (``fused`` and ``two_pass``), and
 coordinate-updates per second (best of the repeats) and the ratios. ``fast_vs_exact`` runs the
 Figure 3 panels (d = 500k, N = 50k, 22 LRs, constant / 1/sqrt(t) / t^-gamma* + average and
 cosine at N) in both modes and prints the relative error of the fast mode; its exact half is
-~5.5e11 coordinate-updates per panel (~50 s on one H100, hours on a 2-core CPU). Results as JSON lines on stdout (and in --output if given).
+~5.5e11 coordinate-updates per panel (~50 s on one H100, hours on a 2-core CPU). Results as JSON
+lines on stdout (and in --output if given).
 """
 
 import json
