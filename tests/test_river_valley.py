@@ -227,6 +227,19 @@ def test_other_bad_inputs():
   chain = rv.make_chain(4)
   with pytest.raises(ValueError, match="seq_len"):
     rv.sample_tokens(chain, jax.random.key(0), 2, 1)
+  config = _small_config()
+  factory = rv.make_optimizer_factory(config.optimizer, config.averages)
+  with pytest.raises(ValueError, match="batch_size"):
+    rv.Trainer(rv.bigram_model(chain), chain, factory, batch_size=0, seq_len=8, chunk_steps=10,
+               hessian_iterations=5, seed=0)
+  trainer = rv.Trainer(rv.bigram_model(chain), chain, factory, batch_size=2, seq_len=8,
+                       chunk_steps=10, hessian_iterations=5, seed=0)
+  with pytest.raises(ValueError, match="multiples of eval_every"):
+    trainer.run("x", schedules.constant(0.1), trainer.init_state(), 0, 15)
+  with pytest.raises(ValueError, match="optimizer.name"):
+    rv.make_optimizer_factory(dict(config.optimizer, name="lion"), config.averages)
+  with pytest.raises(ValueError, match="model.name"):
+    rv.make_model(chain, dict(config.model, name="mlp"), seq_len=8)
 
 
 def test_transformer_option():

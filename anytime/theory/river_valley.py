@@ -837,7 +837,10 @@ def _diagnostics(trainer, model, records, budgets, config, snapshots) -> dict[st
   alphas = np.linspace(config.diagnostics.interpolation_min, config.diagnostics.interpolation_max,
                        config.diagnostics.interpolation_points)
   _, unravel = ravel_pytree(jax.tree.map(lambda x: x.astype(jnp.float32), model.init_params))
-  metrics_along = jax.jit(jax.vmap(lambda flat: model.metrics(unravel(flat))))
+  # lax.map, not vmap: vmapping the NNX transformer over many parameter copies gave wrong
+  # losses on CPU (jax 0.10.2), while a sequential map matches the unbatched metrics.
+  metrics_along = jax.jit(lambda line: jax.lax.map(lambda flat: model.metrics(unravel(flat)),
+                                                   line))
   budget_rows, interp_rows = [], []
   for b in budgets:
     params, opt_state = snapshots[b]
