@@ -188,6 +188,11 @@ def test_run_lab_end_to_end(tmp_path):
   rows = [r for r in _read_csv(tmp_path / "interpolation.csv")
           if r["budget"] == "200" and r["target"] == "wsd" and float(r["alpha"]) == 1.0]
   assert float(rows[0]["excess"]) == pytest.approx(wsd_b, rel=1e-4)
+  const_b = summary["findings"]["wsd_vs_constant"][0]["constant_excess_at_budget"]
+  for target in ("wsd", "ema_25"):
+    rows = [r for r in _read_csv(tmp_path / "interpolation.csv")
+            if r["budget"] == "200" and r["target"] == target and float(r["alpha"]) == 0.0]
+    assert float(rows[0]["excess"]) == pytest.approx(const_b, rel=1e-4)
 
 
 def _read_csv(path):
