@@ -773,8 +773,8 @@ def run_exponent(config, workdir: str, progress: Callable[[str], None] = print) 
                             if abs(gamma - gamma_star) < 1e-6]].min(axis=0)
       best = np.argmin(tuned, axis=0)
       constant = tuned[0]
-      star_plain = tuned[grid.index((exponents[0] if gamma_star == 0 else round(gamma_star, 6),
-                                     1.0)) if gamma_star > 0 else 0]
+      # t^-gamma*: plain (alpha = 1) and with the best alpha; gamma* = 0 is the constant row.
+      star_plain = tuned[grid.index((round(gamma_star, 6), 1.0)) if gamma_star > 0 else 0]
       star_rows = [g for g, (gamma, _) in enumerate(grid) if abs(gamma - gamma_star) < 1e-6]
       star_best = tuned[star_rows].min(axis=0) if gamma_star > 0 else constant
 
