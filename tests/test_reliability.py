@@ -17,6 +17,7 @@ import os
 import pickle
 import pickletools
 import random
+import re
 import resource
 import shutil
 import signal
@@ -74,25 +75,17 @@ def cli_args(workdir: Path, **changes: Any) -> list[str]:
           [f"--config.{k}={v}" for k, v in values.items()])
 
 
-def subprocess_env() -> dict[str, str]:
+def subprocess_env(compilation_cache: Path | None = None) -> dict[str, str]:
+  """2 CPU devices; an optional persistent compilation cache shared by the attempts of a run
+  (the same executables, loaded instead of compiled again)."""
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
   env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
              PYTHONPATH=str(REPO))
+  if compilation_cache is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(compilation_cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return env
-
-
-def logged_steps(workdir: Path) -> list[int]:
-  """Steps of the complete lines of metrics.jsonl (the trainer logs every step here)."""
-  path = workdir / "main" / "metrics.jsonl"
-  if not path.exists():
-    return []
-  steps = []
-  for line in path.read_text().splitlines():
-    try:
-      steps.append(json.loads(line)["step"])
-    except (ValueError, KeyError):
-      pass
-  return steps
 
 
 def losses(workdir: Path) -> dict[int, float]:
@@ -138,16 +131,22 @@ class Trainer:
     self.workdir = workdir
     self.log_path = log
     self._log = log.open("w")
-    self.proc = subprocess.Popen(cli_args(workdir), cwd=REPO, env=subprocess_env(),
+    self.proc = subprocess.Popen(cli_args(workdir), cwd=REPO,
+                                 env=subprocess_env(workdir.parent / "jax_cache"),
                                  stdout=self._log, stderr=subprocess.STDOUT)
 
   def wait_for_step(self, step: int, timeout: float = 150.0) -> int:
-    """Polls metrics.jsonl until ``step`` is logged; returns the last logged step."""
+    """Polls this process's own progress lines until ``step`` is done; returns the last one.
+
+    (metrics.jsonl may still hold lines of the previous attempt until the resumed process
+    truncates it, so it cannot tell whether this process has started training.)
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-      steps = logged_steps(self.workdir)
-      if steps and steps[-1] >= step:
-        return steps[-1]
+      self._log.flush()
+      done = re.findall(r"\[main\] step (\d+)/", self.log_path.read_text(errors="replace"))
+      if done and int(done[-1]) >= step:
+        return int(done[-1])
       if self.proc.poll() is not None:
         raise AssertionError(f"trainer exited early ({self.proc.returncode}):\n{self.output()}")
       time.sleep(0.005)
