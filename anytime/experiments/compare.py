@@ -66,6 +66,10 @@ def default_suite() -> ml_collections.ConfigDict:
       wsd_final_fraction=0.1,
       wsd_s_cooldown_fraction=0.2,  # of the base horizon T
       evals_per_base=2,  # evaluations per T along the anytime runs (for the curves)
+      # Post-hoc averaging (anytime.posthoc): snapshots of two power EMAs along the anytime
+      # runs; at each horizon the best of these reconstructed sigma_rels is reported ([] = off).
+      posthoc_sigma_rels=[0.02, 0.035, 0.05, 0.07, 0.1, 0.15, 0.2],
+      snapshots_per_base=10,
   ))
 
 
@@ -81,9 +85,11 @@ def _method_config(base: ml_collections.ConfigDict, *, total_steps: int,
                    schedule: Mapping[str, Any], averages: Mapping[str, Any] | None = None,
                    eval_at: Sequence[int] = (), eval_every: int | None = None,
                    branches: Mapping[str, Any] | None = None,
-                   optimizer_name: str | None = None) -> ml_collections.ConfigDict:
+                   optimizer_name: str | None = None,
+                   snapshot_every: int = 0) -> ml_collections.ConfigDict:
   config = copy.deepcopy(base)
   config.unlock()
+  config.train.snapshot_every = snapshot_every
   config.train.total_steps = total_steps
   config.train.eval_every = eval_every or total_steps
   config.train.eval_at = sorted(set(int(s) for s in eval_at))
@@ -122,6 +128,12 @@ def plan(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   eval_every = max(s.base_steps // s.evals_per_base, 1)
   lawa_every = s.lawa_every or max(s.base_steps // 10, 1)
   averages = {_ema_name(f): dict(kind="anytime_ema", factor=float(f)) for f in s.ema_factors}
+  snapshot_every = 0
+  if s.posthoc_sigma_rels:
+    snapshot_every = max(s.base_steps // s.snapshots_per_base, 1)
+    if s.base_steps % snapshot_every:
+      raise ValueError(f"suite.snapshots_per_base ({s.snapshots_per_base}) must divide "
+                       f"suite.base_steps ({s.base_steps}) into whole steps")
   runs = []
   for horizon in horizons:
     for lr in s.cosine_peak_values:
@@ -152,7 +164,7 @@ def plan(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                        horizon=longest, config=_method_config(
                            base, total_steps=longest, schedule=anytime_schedules[method](lr),
                            averages=run_averages, eval_at=horizons, eval_every=eval_every,
-                           branches=branches)))
+                           branches=branches, snapshot_every=snapshot_every)))
   if "wsd_s" in s.methods:
     cooldown = max(1, round(s.wsd_s_cooldown_fraction * s.base_steps))
     for lr in s.peak_values:
@@ -204,6 +216,16 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     print(f"[suite] {i + 1}/{len(runs)} {run['name']} ({run['config'].train.total_steps} steps)",
           flush=True)
     train_lib.train_and_evaluate(run["config"], str(run_dir))
+  for run in runs:
+    run_dir = workdir / "runs" / run["name"]
+    if (run["config"].train.snapshot_every and (checkpoint.main_dir(run_dir) / "snapshots").exists()
+        and not (run_dir / "posthoc" / "table.json").exists()):
+      from anytime.experiments import posthoc_eval  # pylint: disable=g-import-not-at-top
+
+      print(f"[suite] post-hoc averages of {run['name']} at every horizon", flush=True)
+      horizons = sorted(config.suite.base_steps * m for m in config.suite.multipliers)
+      posthoc_eval.run(str(run_dir), steps=horizons,
+                       sigma_rels=list(config.suite.posthoc_sigma_rels))
   elapsed = time.perf_counter() - started
   timing = checkpoint.read_json(workdir / "timing.json") or {"seconds": 0.0}
   timing["seconds"] += elapsed
@@ -235,6 +257,7 @@ def collect(workdir: str | epath.Path) -> dict[str, Any]:
   spent: dict[str, int] = {}
   chosen_lr: dict[str, float] = {}
   curves: dict[str, list[tuple[int, float]]] = {}
+  posthoc_choice: dict[str, dict[int, float]] = {}
 
   # Cosine envelope: best LR per horizon (last iterate).
   cosine = {}
@@ -288,6 +311,16 @@ def collect(workdir: str | epath.Path) -> dict[str, Any]:
         (step, m[f"eval_loss/{headline}"]) for step, m in evals.items()
         if f"eval_loss/{headline}" in m)
     curves[f"{label} (raw)"] = sorted((step, m["eval_loss/raw"]) for step, m in evals.items())
+    posthoc_rows = checkpoint.read_json(workdir / "runs" / run["name"] / "posthoc" / "table.json")
+    if posthoc_rows:
+      best_posthoc = {}
+      for row in posthoc_rows:
+        if row["target"] == "sigma_rel" and row["step"] in horizons:
+          current = best_posthoc.get(row["step"])
+          if current is None or row["posthoc_loss"] < current[0]:
+            best_posthoc[row["step"]] = (row["posthoc_loss"], row["value"])
+      columns[f"{label}+posthoc_best"] = {h: v[0] for h, v in best_posthoc.items()}
+      posthoc_choice[label] = {h: v[1] for h, v in best_posthoc.items()}
     if method == "constant":
       columns["constant (raw)"] = at_horizons(evals, "eval_loss/raw")
       if any("eval_loss/lawa" in m for m in evals.values()):
@@ -316,7 +349,7 @@ def collect(workdir: str | epath.Path) -> dict[str, Any]:
     curves[label] = sorted((step, m[key]) for step, m in evals.items() if key in m)
   return dict(horizons=horizons, base_steps=s["base_steps"], tokens_per_step=tokens_per_step,
               columns=columns, spent=spent, chosen_lr=chosen_lr, cosine_lrs=cosine_lrs,
-              curves=curves, manifest=manifest)
+              curves=curves, posthoc_choice=posthoc_choice, manifest=manifest)
 
 
 def table_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -359,6 +392,10 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     lines.append("Peak LR of each anytime method (one for all horizons): " + ", ".join(
         f"{k} {v:g}" for k, v in results["chosen_lr"].items()) + "; cosine, tuned per horizon: " +
         ", ".join(f"{h}: {v:g}" for h, v in results["cosine_lrs"].items()) + ".")
+  for label, choice in results.get("posthoc_choice", {}).items():
+    lines.append(f"Best post-hoc sigma_rel of {label} per horizon (reconstructed after training "
+                 "from two tracked power EMAs): " +
+                 ", ".join(f"{h}: {v:g}" for h, v in sorted(choice.items())) + ".")
   return "\n".join(lines)
 
 
