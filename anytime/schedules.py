@@ -173,6 +173,20 @@ def anytime_exponent(capacity: float, source: float) -> float:
 # --------------------------------------------------------------------------- horizon-bound
 
 
+def _decay_to_horizon(make_body, peak_value, total_steps, final_fraction, warmup_steps,
+                      warmup_init_fraction) -> Schedule:
+  """Warmup, then ``make_body(peak, final_value, decay_steps)`` until ``total_steps``."""
+  peak_value = _check_positive("peak_value", peak_value)
+  total_steps = _check_positive_int("total_steps", total_steps)
+  final_fraction = _check_fraction("final_fraction", final_fraction)
+  if warmup_steps >= total_steps:
+    raise ValueError(
+        f"warmup_steps ({warmup_steps}) must be smaller than total_steps ({total_steps})"
+    )
+  body = make_body(peak_value, final_fraction, total_steps - warmup_steps)
+  return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
+
+
 def cosine(
     peak_value: float,
     *,
@@ -182,15 +196,9 @@ def cosine(
     warmup_init_fraction: float = 0.0,
 ) -> Schedule:
   """Cosine decay from peak (after warmup) to ``final_fraction * peak`` at ``total_steps``."""
-  peak_value = _check_positive("peak_value", peak_value)
-  total_steps = _check_positive_int("total_steps", total_steps)
-  final_fraction = _check_fraction("final_fraction", final_fraction)
-  if warmup_steps >= total_steps:
-    raise ValueError(
-        f"warmup_steps ({warmup_steps}) must be smaller than total_steps ({total_steps})"
-    )
-  body = optax.cosine_decay_schedule(peak_value, total_steps - warmup_steps, alpha=final_fraction)
-  return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
+  return _decay_to_horizon(
+      lambda peak, fraction, steps: optax.cosine_decay_schedule(peak, steps, alpha=fraction),
+      peak_value, total_steps, final_fraction, warmup_steps, warmup_init_fraction)
 
 
 def linear(
@@ -202,15 +210,9 @@ def linear(
     warmup_init_fraction: float = 0.0,
 ) -> Schedule:
   """Linear decay from peak (after warmup) to ``final_fraction * peak`` at ``total_steps``."""
-  peak_value = _check_positive("peak_value", peak_value)
-  total_steps = _check_positive_int("total_steps", total_steps)
-  final_fraction = _check_fraction("final_fraction", final_fraction)
-  if warmup_steps >= total_steps:
-    raise ValueError(
-        f"warmup_steps ({warmup_steps}) must be smaller than total_steps ({total_steps})"
-    )
-  body = optax.linear_schedule(peak_value, final_fraction * peak_value, total_steps - warmup_steps)
-  return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
+  return _decay_to_horizon(
+      lambda peak, fraction, steps: optax.linear_schedule(peak, fraction * peak, steps),
+      peak_value, total_steps, final_fraction, warmup_steps, warmup_init_fraction)
 
 
 # --------------------------------------------------------------------------- cooldowns

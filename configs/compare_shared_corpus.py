@@ -11,36 +11,22 @@ for all horizons. Evaluation: 16 x 32 windows of 64 tokens (33k validation token
 The README's results section reports what this produced and how long it took.
 """
 
-import ml_collections
-
-from anytime import train
-from anytime.experiments import compare
+from configs import compare_tiny
 
 
 def get_config():
-  base = train.default_config()
-  base.model.d_model = 64
-  base.model.num_layers = 2
-  base.model.num_heads = 2
-  base.model.mlp_dim = 256
-  base.model.max_len = 64
+  config = compare_tiny.get_config()  # the same model; real text, longer horizons, an LR grid
+  base, suite = config.base, config.suite
   base.data.source = "text"
   base.data.train_patterns = ("../shared/data/text/train/*.txt.gz",)
   base.data.validation_patterns = ("../shared/data/text/validation/*.txt.gz",)
-  base.train.batch_size = 16
-  base.train.seq_len = 64
   base.train.eval_batches = 16
-  base.train.eval_batch_size = 32
   base.train.log_every = 200
-  base.parallel.mesh = dict(data=1, fsdp=1, tensor=1)
-  base.parallel.num_devices = 1
-  suite = compare.default_suite()
   suite.base_steps = 200
-  suite.multipliers = [1, 2, 4, 8]
   suite.warmup_steps = 20
   suite.cosine_peak_values = [2e-3, 4e-3, 8e-3]
   suite.peak_values = [4e-3]
   suite.schedule_free_peak_values = [4e-3]
   suite.inverse_sqrt_offset = 80.0  # 4x the warmup, as in the seed paper
   suite.evals_per_base = 2
-  return ml_collections.ConfigDict(dict(base=base, suite=suite))
+  return config
