@@ -31,6 +31,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", " ".join(flags))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("ANYTIME_SUITE_WORKDIR", str(tmp_path / "no_suite_here"))
+  monkeypatch.setenv("TMPDIR", str(tmp_path))  # where that small suite goes
   notebook = nbformat.read(path, as_version=4)
   for cell in notebook.cells:
     assert not cell.get("outputs") and not cell.get("execution_count"), (
