@@ -430,13 +430,11 @@ def write_report(workdir: str) -> dict[str, Any]:
 
 
 def _plot_losses(results, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   tps = results["tokens_per_step"]
-  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  fig = Figure(figsize=(7.5, 4.8))
+  ax = fig.subplots()
   envelope = sorted(results["columns"]["cosine"].items())
   ax.plot([h * tps for h, _ in envelope], [v for _, v in envelope], "k-o", lw=2,
           label="cosine envelope (tuned per horizon)", zorder=5)
@@ -460,16 +458,13 @@ def _plot_losses(results, path):
   fig.tight_layout()
   with epath.Path(path).open("wb") as f:
     fig.savefig(f, dpi=130)
-  plt.close(fig)
 
 
 def _plot_schedules(results, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, ax = plt.subplots(figsize=(7.5, 4.2))
+  fig = Figure(figsize=(7.5, 4.2))
+  ax = fig.subplots()
   longest = results["horizons"][-1]
   steps = np.arange(0, longest + 1)
   shown = set()
@@ -503,7 +498,6 @@ def _plot_schedules(results, path):
   fig.tight_layout()
   with epath.Path(path).open("wb") as f:
     fig.savefig(f, dpi=130)
-  plt.close(fig)
 
 
 def reference_table(csv_path: str, model: str = "150M") -> str:

@@ -90,12 +90,10 @@ def _write(out: epath.Path, rows, sigma_rels) -> None:
     lines.append(f"| {r['step']} | {r['target']} {r['value']:g} | {r['posthoc_loss']:.4f} | "
                  f"{r['fit_error']:.1e} | {tracked} | {diff} |")
   (out / "table.md").write_text("\n".join(lines) + "\n")
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
   for step in sorted({r["step"] for r in rows}):
     pts = sorted((r["value"], r["posthoc_loss"]) for r in rows
                  if r["step"] == step and r["target"] == "sigma_rel")
@@ -108,5 +106,4 @@ def _write(out: epath.Path, rows, sigma_rels) -> None:
   fig.tight_layout()
   with (out / "loss_vs_sigma_rel.png").open("wb") as f:
     fig.savefig(f, dpi=130)
-  plt.close(fig)
   print("\n".join(lines))
