@@ -572,6 +572,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   needs_hook = bool(plan) or snapshots is not None
   try:
+    # Resumed at a branch point whose branch did not finish: run_loop only calls on_step after
+    # a step, so take that branch here.
+    for p in plan:
+      if p["branch_step"] == restored and not branch_lib.branch_finished(workdir, p["name"]):
+        branch_lib.run_branch_from_state(config, workdir, run, state, train_iter, **p)
     state = run_loop(run, state, train_iter, store, writer, end_step=config.train.total_steps,
                      eval_steps=frozenset(config.train.eval_at),
                      save_steps=frozenset(p["branch_step"] for p in plan),
