@@ -70,6 +70,15 @@ def run_branch_from_state(config: ml_collections.ConfigDict, workdir: str | epat
                  config_hash=checkpoint.config_hash(json.loads(config.to_json_best_effort())),
                  schedule=schedule, finished=False)
   checkpoint.write_json(directory / LINEAGE, lineage)
+  # An unfinished branch (interrupted) is redone from the main state: its stale checkpoints
+  # would make the save of the same step fail.
+  if jax.process_index() == 0 and directory.exists():
+    for stale in directory.iterdir():
+      if stale.name.isdigit():
+        stale.rmtree()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"anytime_branch_{name}")
   store = checkpoint.CheckpointStore(directory, keep_latest=1,
                                      async_save=config.train.async_checkpoints)
   writer = train_lib.MetricsWriter(directory)
