@@ -261,7 +261,7 @@ def test_wsd_s_adopts_the_decayed_state_and_main_resumes_at_peak(plain, tmp_path
   plain_dir, config = plain
   workdir = copy_workdir(plain_dir, tmp_path / "w")
   main = checkpoint.main_dir(workdir)
-  with pytest.raises(ValueError, match="paused at --from_step 12.*up to step 16"):
+  with pytest.raises(ValueError, match="paused at --from-step 12.*up to step 16"):
     branch_lib.branch(str(workdir), from_step=12, cooldown_steps=2, mode="wsd_s")
   assert not (workdir / checkpoint.BRANCHES).exists()
   assert not (main / branch_lib.LINEAGE).exists()
@@ -313,7 +313,7 @@ def test_branch_command_line(plain, tmp_path, compilation_cache):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0
   assert bad.stderr.strip().splitlines()[-1] == (
-      "error: --from_step 5 is not a checkpoint of the main branch; available: [6, 12, 16]")
+      "error: --from-step 5 is not a checkpoint of the main branch; available: [6, 12, 16]")
   assert "Traceback" not in bad.stderr
   good = subprocess.run(command + ["--from-step", "12", "--cooldown-steps", "2", "--shape",
                                    "1-sqrt"], env=env, cwd=REPO, capture_output=True,

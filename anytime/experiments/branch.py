@@ -109,10 +109,10 @@ def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "l
   main_store = checkpoint.CheckpointStore(main_directory, read_only=True)
   steps = main_store.all_steps()
   if from_step not in steps:
-    raise ValueError(f"--from_step {from_step} is not a checkpoint of the main branch; "
+    raise ValueError(f"--from-step {from_step} is not a checkpoint of the main branch; "
                      f"available: {steps}")
   if mode == "wsd_s" and steps[-1] > from_step:
-    raise ValueError(f"--mode wsd_s needs the main branch paused at --from_step {from_step}, "
+    raise ValueError(f"--mode wsd_s needs the main branch paused at --from-step {from_step}, "
                      f"but it has checkpoints up to step {steps[-1]}")
   name = name or branch_name(shape, from_step, cooldown_steps)
   if branch_finished(workdir, name):
@@ -129,7 +129,9 @@ def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "l
     end = from_step + cooldown_steps
     store = checkpoint.CheckpointStore(main_directory,
                                        keep_latest=config.train.keep_checkpoints,
-                                       keep_period=config.train.keep_period, keep_steps=[end])
+                                       keep_period=config.train.keep_period,
+                                       keep_steps=[end] + [p["branch_step"] for p in
+                                                           train_lib.planned_branches(config)])
     branch_store = checkpoint.CheckpointStore(checkpoint.branch_dir(workdir, name),
                                               read_only=True)
     iterator = run.make_train_iterator()
