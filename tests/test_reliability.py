@@ -482,14 +482,23 @@ def _with(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.C
 
 # ------------------------------------------------------------------------------ no pickle
 
+MIN_PICKLE_OPCODES = 8  # "\x80\x04)." (an empty tuple) turns up by chance in array bytes
+
+
 def _parses_as_pickle(data: bytes) -> bool:
-  """Whether ``data`` starts with a well-formed pickle of some object (opcodes and stack are
-  checked by ``pickletools.dis``; nothing is loaded)."""
+  """Whether ``data`` starts with a well-formed pickle of a non-trivial object (opcodes and
+  stack are checked by ``pickletools.dis``; nothing is loaded). Random bytes can form a
+  3-opcode pickle of an empty tuple; anything a program would store takes more opcodes."""
   try:
     pickletools.dis(data, out=io.StringIO())
+    opcodes = 0
+    for opcode, _, _ in pickletools.genops(data):
+      opcodes += 1
+      if opcode.name == "STOP":
+        break
   except Exception:  # pylint: disable=broad-except
     return False
-  return True
+  return opcodes >= MIN_PICKLE_OPCODES
 
 
 def assert_no_pickle(directory: Path) -> None:
@@ -508,7 +517,7 @@ def assert_no_pickle(directory: Path) -> None:
 
 def test_pickle_scan_finds_a_pickle(tmp_path: Path):
   """Control: the scan does flag a pickle hidden inside another file."""
-  (tmp_path / "clean.bin").write_bytes(b"\x80\x04\x95junk" + bytes(range(256)))
+  (tmp_path / "clean.bin").write_bytes(b"\x80\x04\x95junk" + bytes(range(256)) + b"\x80\x04).")
   assert_no_pickle(tmp_path)
   (tmp_path / "state.bin").write_bytes(b"header" + pickle.dumps({"a": [1, 2]}, protocol=4))
   with pytest.raises(AssertionError, match="holds a pickle at byte 6"):
