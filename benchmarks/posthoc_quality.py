@@ -56,7 +56,7 @@ def main(argv):
   for row in rows:
     if "tracked_loss" in row:
       print(f"  {row['target']} {row['value']:g}: post-hoc {row['posthoc_loss']:.4f}, tracked "
-            f"{row['tracked_loss']:.4f}, difference {row['posthoc_minus_tracked']:+.5f} "
+            f"{row['tracked_loss']:.4f}, difference {row['posthoc_minus_tracked']:+.1e} "
             f"(profile fit error {row['fit_error']:.1e})")
   run = train.build_run(config, _WORKDIR.value)
   params = run.abstract_state.params
@@ -70,7 +70,8 @@ def main(argv):
   b2 = state_bytes(averaging.with_averages(tx0, two), params)
   b5 = state_bytes(averaging.with_averages(tx0, five), params)
   snapshots = epath.Path(_WORKDIR.value) / "main" / "snapshots"
-  disk = sum(p.stat().st_size for p in snapshots.rglob("*") if p.is_file())
+  disk = sum(os.path.getsize(os.path.join(root, f))
+             for root, _, files in os.walk(snapshots) for f in files)
   print(f"\nmemory ({n / 1e6:.2f}M params, float32): optimizer state without averages "
         f"{b0 / 2**20:.2f} MiB; +2 tracked power EMAs {(b2 - b0) / 2**20:.2f} MiB; +5 anytime "
         f"EMAs {(b5 - b0) / 2**20:.2f} MiB; snapshots on disk after {_STEPS.value} steps: "
