@@ -7,7 +7,8 @@ horizon T = 100 steps of 16 x 64 tokens, horizons 1x/2x/4x/8x (100-800 steps). R
 each horizon x 2 peak LRs (8 runs), one constant-LR run with anytime EMAs, a LAWA window and
 WSD decay branches at each horizon, one 1/sqrt(t) run with EMAs, one WSD-S run and one
 Schedule-Free AdamW run. Prints the Figure-2-style table and writes report/ (CSV, JSON,
-Markdown, two PNGs). On an unloaded 2-core CPU it takes about 5 minutes.
+Markdown, two PNGs). Measured on an idle 2-core CPU: 7.9 minutes; constant + EMA-25 beats the
+cosine envelope by 0.03-0.06 nats at every horizon (the README shows the table).
 """
 
 import ml_collections
