@@ -23,30 +23,17 @@ from anytime import checkpoint, schedules, train
 from anytime.experiments import branch as branch_lib
 from anytime.experiments import compare
 
+import _tiny
+
 REPO = Path(__file__).resolve().parent.parent
 TIMING_KEYS = ("steps_per_sec", "tokens_per_sec", "mfu")
 PEAK = 3e-3
 
 
 def tiny_config(**overrides):
-  config = train.default_config()
-  config.model.d_model = 32
-  config.model.num_layers = 2
-  config.model.num_heads = 2
-  config.model.mlp_dim = 64
-  config.model.max_len = 32
-  config.data.max_bytes = 200_000
-  config.train.batch_size = 8
-  config.train.seq_len = 32
-  config.train.eval_batches = 1
-  config.train.log_every = 1
-  config.train.async_checkpoints = False
-  config.parallel.mesh = dict(data=1, fsdp=1, tensor=1)
-  config.parallel.num_devices = 1
-  config.unlock()
-  config.update_from_flattened_dict(overrides)
-  config.lock()
-  return config
+  return _tiny.tiny_config(**{"train.eval_batches": 1, "train.log_every": 1,
+                              "parallel.mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+                              "parallel.num_devices": 1, **overrides})
 
 
 def suite_config():

@@ -11,30 +11,16 @@ from anytime import checkpoint, train
 from anytime.lm import data as data_lib
 from anytime.lm import model as model_lib
 
+import _tiny
+
 
 def tiny_config(**overrides):
-  config = train.default_config()
-  config.model.d_model = 32
-  config.model.num_layers = 2
-  config.model.num_heads = 2
-  config.model.mlp_dim = 64
-  config.model.max_len = 32
-  config.data.max_bytes = 300_000
-  config.train.total_steps = 12
-  config.train.batch_size = 8
-  config.train.seq_len = 32
-  config.train.eval_every = 6
-  config.train.eval_batches = 2
-  config.train.log_every = 2
-  config.train.checkpoint_every = 4
-  config.train.async_checkpoints = False
-  config.optimizer.schedule = dict(name="constant", peak_value=3e-3, warmup_steps=3)
-  config.optimizer.averages = {"ema_25": dict(kind="anytime_ema", factor=25.0),
-                               "polyak": dict(kind="polyak", start_step=4)}
-  config.unlock()
-  config.update_from_flattened_dict(overrides)
-  config.lock()
-  return config
+  defaults = {"data.max_bytes": 300_000, "train.total_steps": 12, "train.eval_every": 6,
+              "train.eval_batches": 2, "train.log_every": 2, "train.checkpoint_every": 4,
+              "optimizer.schedule": {"name": "constant", "peak_value": 3e-3, "warmup_steps": 3},
+              "optimizer.averages": {"ema_25": {"kind": "anytime_ema", "factor": 25.0},
+                                     "polyak": {"kind": "polyak", "start_step": 4}}}
+  return _tiny.tiny_config(**{**defaults, **overrides})
 
 
 def final_state(workdir, config):

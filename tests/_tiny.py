@@ -1,0 +1,22 @@
+"""The tiny training config the trainer tests share: runs that take seconds on a CPU."""
+
+from anytime import train
+
+
+def tiny_config(**overrides):
+  """A 2-layer d=32 model on 32-token windows of the embedded corpus; ``overrides`` are dotted
+  keys (``{"train.total_steps": 12}``)."""
+  config = train.default_config()
+  config.model.d_model = 32
+  config.model.num_layers = 2
+  config.model.num_heads = 2
+  config.model.mlp_dim = 64
+  config.model.max_len = 32
+  config.data.max_bytes = 200_000
+  config.train.batch_size = 8
+  config.train.seq_len = 32
+  config.train.async_checkpoints = False
+  config.unlock()
+  config.update_from_flattened_dict(overrides)
+  config.lock()
+  return config
