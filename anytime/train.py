@@ -394,11 +394,13 @@ def _format_seconds(seconds: float) -> str:
 def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.CheckpointStore,
              writer: MetricsWriter, *, end_step: int, label: str = "main",
              eval_steps: frozenset[int] = frozenset(), save_steps: frozenset[int] = frozenset(),
-             on_step: Callable[[int, TrainState, Any], TrainState] | None = None) -> TrainState:
+             on_step: Callable[[int, TrainState, Any], TrainState] | None = None,
+             hook_due: Callable[[int], bool] = lambda step: True) -> TrainState:
   """Trains from ``state.step`` to ``end_step``: logs, evaluates, checkpoints.
 
-  ``on_step(step, state, train_iter)`` runs after each step on the host (decay branches are
-  taken there); it may return a new state.
+  ``on_step(step, state, train_iter)`` runs on the host after each step where ``hook_due(step)``
+  (decay branches are taken there, snapshots saved); it may return a new state. It does not
+  wait for the step's metrics, so dispatch stays asynchronous.
   """
   t = run.config.train
   tokens_per_step = t.batch_size * t.seq_len
@@ -453,8 +455,10 @@ def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.Checkpoi
       step += 1
       boundary = (step % t.eval_every == 0 or step in eval_steps or step == end_step or
                   step % t.checkpoint_every == 0 or step in save_steps or
-                  preemption.requested or on_step is not None)
+                  preemption.requested)
       if not boundary:
+        if on_step is not None and hook_due(step):
+          state = on_step(step, state, train_iter)
         continue
       flush(pending)
       pending = None
@@ -473,7 +477,7 @@ def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.Checkpoi
         store.wait()
         print(f"[{label}] SIGTERM: saved a checkpoint at step {step}; exiting.", flush=True)
         raise SystemExit(0)
-      if on_step is not None:
+      if on_step is not None and hook_due(step):
         state = on_step(step, state, train_iter)
     if pending is not None:
       flush(pending)
@@ -571,6 +575,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return state
 
   needs_hook = bool(plan) or snapshots is not None
+  branch_steps = frozenset(p["branch_step"] for p in plan)
+
+  def hook_due(step):
+    return step in branch_steps or (snapshots is not None and
+                                    step % config.train.snapshot_every == 0)
+
   try:
     # Resumed at a branch point whose branch did not finish: run_loop only calls on_step after
     # a step, so take that branch here.
@@ -579,8 +589,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         branch_lib.run_branch_from_state(config, workdir, run, state, train_iter, **p)
     state = run_loop(run, state, train_iter, store, writer, end_step=config.train.total_steps,
                      eval_steps=frozenset(config.train.eval_at),
-                     save_steps=frozenset(p["branch_step"] for p in plan),
-                     on_step=on_step if needs_hook else None)
+                     save_steps=branch_steps, on_step=on_step if needs_hook else None,
+                     hook_due=hook_due)
   finally:
     store.close()
     writer.close()
