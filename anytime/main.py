@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 COMMANDS = ("train", "branch", "compare", "report", "posthoc")
@@ -42,6 +42,8 @@ def _normalize_dashes(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+  if not flags.FLAGS["verbosity"].present:  # libraries' INFO logs would drown the progress lines
+    logging.set_verbosity(logging.WARNING)
   command = argv[1] if len(argv) > 1 else "train"
   if command not in COMMANDS or len(argv) > 2:
     raise app.UsageError(f"command must be one of {COMMANDS}, got {' '.join(argv[1:])!r}")
@@ -95,7 +97,15 @@ def _main_with_clear_errors(argv: list[str]) -> None:
 
 def run() -> None:
   sys.argv = _normalize_dashes(sys.argv)
-  app.run(_main_with_clear_errors)
+  try:
+    app.run(_main_with_clear_errors)
+  except (AttributeError, KeyError) as e:  # raised by config_flags while parsing --config.x=y
+    overrides = [a.split("=", 1)[0] for a in sys.argv if a.startswith("--config.")]
+    if not overrides or os.environ.get("ANYTIME_TRACEBACK"):
+      raise
+    sys.exit(f"error: one of {', '.join(overrides)} names a config key that does not exist "
+             f"({str(e).strip(chr(34))}); the keys and their defaults are in "
+             "anytime/train.py:default_config()")
 
 
 if __name__ == "__main__":
