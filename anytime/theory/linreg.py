@@ -705,8 +705,6 @@ def run_figure3(config, workdir: str, progress: Callable[[str], None] = print) -
 
 
 def _plot_figure3(rows, config, path: str):
-  import matplotlib
-  matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   panels = _panels(config)
@@ -827,8 +825,6 @@ def run_exponent(config, workdir: str, progress: Callable[[str], None] = print) 
 
 
 def _plot_exponent(summary, config, path: str):
-  import matplotlib
-  matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   panels = _panels(config)

@@ -833,7 +833,6 @@ def _method_value(records, method, b):
 def _diagnostics(trainer, model, records, budgets, config, snapshots) -> dict[str, Any]:
   """Distances, straight-line interpolation and the river/mountain projection."""
   ref = config.reference_average
-  const = records["constant"]
   alphas = np.linspace(config.diagnostics.interpolation_min, config.diagnostics.interpolation_max,
                        config.diagnostics.interpolation_points)
   _, unravel = ravel_pytree(jax.tree.map(lambda x: x.astype(jnp.float32), model.init_params))
@@ -933,9 +932,6 @@ def _write_outputs(workdir, config, records, summary, diagnostics) -> None:
 
 def plot_all(workdir: str, records, summary, diagnostics, reference: str) -> list[str]:
   """Writes the lab's PNG figures; returns their paths."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   paths = []
