@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -24,7 +23,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from anytime import averaging, checkpoint, optimizers, parallel
+from anytime import averaging, checkpoint, optimizers, parallel, posthoc
 from anytime.lm import data as data_lib
 from anytime.lm import model as model_lib
 
@@ -566,12 +565,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def on_step(step, state, train_iter):
     if snapshots is not None and step % config.train.snapshot_every == 0:
-      from anytime import posthoc  # pylint: disable=g-import-not-at-top
-
       snapshots.save(step, posthoc.tracked_averages(state.opt_state, snapshots.tracking))
     for p in plan:
       if p["branch_step"] == step and not branch_lib.branch_finished(workdir, p["name"]):
-        branch_lib.run_branch_from_state(config, workdir, run, state, train_iter, **p)
+        branch_lib.run_branch_from_state(config, workdir, state, train_iter, **p)
     return state
 
   needs_hook = bool(plan) or snapshots is not None
@@ -586,7 +583,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # a step, so take that branch here.
     for p in plan:
       if p["branch_step"] == restored and not branch_lib.branch_finished(workdir, p["name"]):
-        branch_lib.run_branch_from_state(config, workdir, run, state, train_iter, **p)
+        branch_lib.run_branch_from_state(config, workdir, state, train_iter, **p)
     state = run_loop(run, state, train_iter, store, writer, end_step=config.train.total_steps,
                      eval_steps=frozenset(config.train.eval_at),
                      save_steps=branch_steps, on_step=on_step if needs_hook else None,
@@ -615,15 +612,11 @@ def posthoc_tracking(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The power EMAs tracked for post-hoc averaging (none when snapshots are off)."""
   if not config.train.snapshot_every:
     return {}
-  from anytime import posthoc  # pylint: disable=g-import-not-at-top
-
   return posthoc.default_tracking(tuple(config.train.snapshot_sigma_rels))
 
 
 def _snapshot_writer(config, directory):
   if not config.train.snapshot_every:
     return None
-  from anytime import posthoc  # pylint: disable=g-import-not-at-top
-
   return posthoc.SnapshotWriter(str(directory / "snapshots"), posthoc_tracking(config),
                                 keep=config.train.snapshot_keep)

@@ -52,17 +52,18 @@ def _copy_iterator(run: train_lib.Run, source_iterator):
 
 
 def run_branch_from_state(config: ml_collections.ConfigDict, workdir: str | epath.Path,
-                          main_run: train_lib.Run | None, state: train_lib.TrainState,
+                          state: train_lib.TrainState,
                           train_iter, *, name: str, branch_step: int, cooldown_steps: int,
-                          shape: str, final_fraction: float) -> train_lib.TrainState:
+                          shape: str, final_fraction: float,
+                          branch_run: train_lib.Run | None = None) -> train_lib.TrainState:
   """Runs one decay branch from an in-memory main state; returns the branch's final state.
 
   The main state and iterator are copied, never consumed, so the main run goes on unchanged.
+  ``branch_run``: the run already built with the branch's schedule, if the caller has one.
   """
-  del main_run
   directory = checkpoint.branch_dir(workdir, name)
   schedule = _branch_schedule(config, branch_step, cooldown_steps, shape, final_fraction)
-  run = train_lib.build_run(config, workdir, schedule_override=schedule)
+  run = branch_run or train_lib.build_run(config, workdir, schedule_override=schedule)
   state = jax.tree.map(jnp.copy, state)
   iterator = _copy_iterator(run, train_iter)
   lineage = dict(parent="main", parent_step=branch_step, cooldown_steps=cooldown_steps,
@@ -122,9 +123,9 @@ def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "l
   iterator = run.make_train_iterator()
   state = main_store.restore(from_step, run.abstract_state, iterator)
   main_store.close()
-  state = run_branch_from_state(config, workdir, run, state, iterator, name=name,
+  state = run_branch_from_state(config, workdir, state, iterator, name=name,
                                 branch_step=from_step, cooldown_steps=cooldown_steps,
-                                shape=shape, final_fraction=final_fraction)
+                                shape=shape, final_fraction=final_fraction, branch_run=run)
   if mode == "wsd_s":
     end = from_step + cooldown_steps
     store = checkpoint.CheckpointStore(main_directory,
