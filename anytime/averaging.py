@@ -60,10 +60,9 @@ class Average:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-    for name in ("start_step",):
-      value = getattr(self, name)
-      if isinstance(value, bool) or int(value) != value or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    start = self.start_step
+    if isinstance(start, bool) or int(start) != start or start < 0:
+      raise ValueError(f"start_step must be a non-negative integer, got {start!r}")
     for name in ("every", "size"):
       value = getattr(self, name)
       if isinstance(value, bool) or int(value) != value or value < 1:

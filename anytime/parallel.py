@@ -16,7 +16,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -193,7 +192,3 @@ def to_host(tree):
     return jax.tree.map(np.asarray, jax.device_get(tree))
   return multihost_utils.process_allgather(tree, tiled=True)
 
-
-def cast_tree(tree, dtype):
-  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                      tree)

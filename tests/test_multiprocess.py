@@ -22,8 +22,7 @@ import pytest
 from anytime import checkpoint, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_reliability import (REPO, NoStore, assert_no_pickle, assert_trees_equal,  # noqa: E402
-                              load_state, tiny_config)
+from test_reliability import (REPO, NoStore, assert_no_pickle, load_state, tiny_config)
 
 STEPS = 20
 LOCAL_BATCH = 4  # global 8 over 2 processes

@@ -4,7 +4,6 @@ import json
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from anytime import checkpoint, train

@@ -25,7 +25,6 @@ import copy
 import csv
 import io
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -299,8 +298,7 @@ def collect(workdir: str | epath.Path) -> dict[str, Any]:
     if best is None:
       continue
     _, run, evals = best
-    label = {"constant": "constant", "inverse_sqrt": "inverse_sqrt",
-             "polynomial": "polynomial"}[method]
+    label = method
     chosen_lr[label] = run["peak_value"]
     columns[f"{label}+{headline}"] = at_horizons(evals, f"eval_loss/{headline}")
     columns[f"{label}+ema_best"] = {
