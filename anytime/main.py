@@ -53,16 +53,16 @@ def main(argv: list[str]) -> None:
   if command == "train":
     if _CONFIG.value is None:
       raise app.UsageError("--config is required (e.g. configs/lm_tiny.py)")
-    from anytime import train  # pylint: disable=g-import-not-at-top
+    from anytime import branches  # pylint: disable=g-import-not-at-top
 
-    result = train.train_and_evaluate(_CONFIG.value, workdir)
+    result = branches.train(_CONFIG.value, workdir)
     print({k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
   elif command == "branch":
     if _FROM_STEP.value is None or _COOLDOWN_STEPS.value is None:
       raise app.UsageError("branch needs --from-step and --cooldown-steps")
-    from anytime.experiments import branch  # pylint: disable=g-import-not-at-top
+    from anytime import branches  # pylint: disable=g-import-not-at-top
 
-    result = branch.branch(workdir, from_step=_FROM_STEP.value,
+    result = branches.branch(workdir, from_step=_FROM_STEP.value,
                            cooldown_steps=_COOLDOWN_STEPS.value, shape=_SHAPE.value,
                            final_fraction=_FINAL_FRACTION.value, name=_NAME.value,
                            mode=_MODE.value)
@@ -105,7 +105,7 @@ def run() -> None:
       raise
     sys.exit(f"error: one of {', '.join(overrides)} names a config key that does not exist "
              f"({str(e).strip(chr(34))}); the keys and their defaults are in "
-             "anytime/train.py:default_config()")
+             "anytime/config.py:default_config()")
 
 
 if __name__ == "__main__":
