@@ -95,3 +95,8 @@ def test_merge_checkpoints_from_checkpoint_store(tmp_path):
                                 np.asarray(in_memory["dense"]["kernel"]))
   with pytest.raises(ValueError, match=r"steps: \[25\] not saved"):
     merging.merge_checkpoints(tmp_path / "main", (20, 25), (0.5, 0.5), abstract)
+
+
+def test_merge_checkpoints_refuses_unordered_steps(tmp_path):
+  with pytest.raises(ValueError, match="steps must be strictly ascending"):
+    merging.merge_checkpoints(tmp_path, (20, 10), (0.5, 0.5), {})

@@ -154,3 +154,9 @@ def test_large_ratios_print_without_exponents():
   facts = verdict.SuiteFacts(**{**FACTS.__dict__, "non_embedding_params": 10})
   line = verdict.markdown_table(verdict.build_report(_records(), facts)).splitlines()[4]
   assert "| 40,000 (2,000x) |" in line
+
+
+def test_tie_threshold_is_configurable_and_stated():
+  report = verdict.build_report(_records(), FACTS, threshold=100.0)
+  assert _cell(report, 100, "constant", "ema_25").verdict == "tie"
+  assert "|delta| < 100 s.e." in verdict.table_notes(report)

@@ -66,12 +66,15 @@ def merge(trees: Sequence[Any], weights: Sequence[float]) -> Any:
 
 def merge_checkpoints(directory: str | epath.Path, steps: Sequence[int],
                       weights: Sequence[float], abstract_params: Any) -> Any:
-  """The merged params of ``steps`` of a CheckpointStore directory (running sum).
+  """The merged params of ``steps`` (ascending, oldest first) of a CheckpointStore directory.
+
+  A running sum: one checkpoint's params and the sum are in memory at a time.
 
   ``abstract_params`` gives the params' structure, shapes and dtypes (``jax.ShapeDtypeStruct``
   leaves, optionally with shardings; without one a leaf goes to the first device). Only the
   params of each step are read, never the optimizer state.
   """
+  _check_steps(steps)
   _check_weights(len(steps), weights)
   directory = epath.Path(directory)
   manager = ocp.CheckpointManager(
@@ -126,6 +129,12 @@ def _finish(total: Any, newest: Any) -> Any:
 def _check_count(k: int) -> None:
   if not isinstance(k, int) or k < 1:
     raise ValueError(f"k must be an integer >= 1 (checkpoints to merge), got {k!r}")
+
+
+def _check_steps(steps: Sequence[int]) -> None:
+  if list(steps) != sorted(set(steps)):
+    raise ValueError(f"steps must be strictly ascending (oldest first, like the weights), "
+                     f"got {list(steps)}")
 
 
 def _check_weights(count: int, weights: Sequence[float]) -> None:

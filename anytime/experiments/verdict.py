@@ -89,6 +89,7 @@ class Report:
   curves: Mapping[Column, Mapping[int, Curve]]
   sampling_error: SamplingError | None
   include_tuning_seed: bool
+  threshold: float  # a delta within this many standard errors is a tie
 
 
 # ------------------------------------------------------------------------------ assembly
@@ -123,7 +124,7 @@ def build_report(records: Sequence[Record], facts: SuiteFacts, *,
                     cells))
   curves = tuning.tuning_curves(records, tuning_seed=facts.tuning_seed)
   return Report(facts, tuple(rows), columns, choices, curves, sampling_error(facts),
-                include_tuning_seed)
+                include_tuning_seed, threshold)
 
 
 def _seeds(losses: Mapping[int, float], tuning_seed: int, include: bool) -> dict[int, float]:
@@ -209,7 +210,7 @@ def table_notes(report: Report) -> str:
   return "\n".join([
       f"Loss: validation nats/token, mean ± standard error over seeds; in brackets the delta to "
       f"the envelope (negative = better) ± its standard error and the verdict (tie when "
-      f"|delta| < {stats.TIE_THRESHOLD:g} s.e.; always a tie with one seed).",
+      f"|delta| < {report.threshold:g} s.e.; always a tie with one seed).",
       "Envelope: per horizon the best baseline family on the tuning seed at its own tuned LR "
       "(its per-seed losses are then used as they are).",
       f"Tokens/param: per non-embedding parameter ({f.non_embedding_params:,}; "
@@ -266,7 +267,7 @@ def conclusions(report: Report) -> str:
                                                             for r in report.rows})
   counts = {v: sum(cell.verdict == v for cell in cells) for v in ("win", "loss", "tie")}
   edges = sum(cell.edge for cell in cells) + sum(r.envelope_edge for r in report.rows)
-  floors = [2 * cell.delta.se for cell in cells if math.isfinite(cell.delta.se)]
+  floors = [report.threshold * cell.delta.se for cell in cells if math.isfinite(cell.delta.se)]
   noise = [r.envelope.se * math.sqrt(r.envelope.num_seeds) for r in report.rows
            if math.isfinite(r.envelope.se)]
   text = [f"Seeds per configuration: {_span(seeds)}"
@@ -277,7 +278,7 @@ def conclusions(report: Report) -> str:
     text.append("With one seed there is no noise floor: no delta can be called a win or a "
                 "loss, and every one is reported as a tie.")
   else:
-    text.append(f"Noise floor: a delta must exceed 2 standard errors, here "
+    text.append(f"Noise floor: a delta must exceed {report.threshold:g} standard errors, here "
                 f"{statistics.median(floors):.4f} nats (median; {min(floors):.4f}-"
                 f"{max(floors):.4f}), to count.")
   if noise:
