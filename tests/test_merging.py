@@ -100,3 +100,18 @@ def test_merge_checkpoints_from_checkpoint_store(tmp_path):
 def test_merge_checkpoints_refuses_unordered_steps(tmp_path):
   with pytest.raises(ValueError, match="steps must be strictly ascending"):
     merging.merge_checkpoints(tmp_path, (20, 10), (0.5, 0.5), {})
+
+
+def test_merge_checkpoints_restores_onto_given_shardings(tmp_path):
+  store = checkpoint.CheckpointStore(tmp_path / "main", keep_latest=5, async_save=False)
+  kernels = {s: np.random.default_rng(s).normal(size=(8, 2)).astype(np.float32) for s in (1, 2)}
+  for s, kernel in kernels.items():
+    store.save(s, _State(np.int32(s), {"kernel": kernel}, {}, np.zeros((2,), np.uint32)))
+  store.close()
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  abstract = {"kernel": jax.ShapeDtypeStruct((8, 2), jnp.float32, sharding=sharding)}
+  merged = merging.merge_checkpoints(tmp_path / "main", (1, 2), (0.5, 0.5), abstract)
+  assert merged["kernel"].sharding == sharding
+  np.testing.assert_allclose(np.asarray(merged["kernel"]), (kernels[1] + kernels[2]) / 2,
+                             rtol=1e-6)
