@@ -427,7 +427,7 @@ class Window(Average):
   def read(self, state):
     n = jnp.clip(state.count, 1, self.size)
 
-    latest = jnp.mod(n - 1, self.size)
+    latest = jnp.mod(jnp.maximum(state.count - 1, 0), self.size)
 
     def mean(*buffers):
       if not _is_float(buffers[0]):  # not averaged: the latest snapshot's value
@@ -558,8 +558,8 @@ def power_ema(gamma: float | None = None, *, sigma_rel: float | None = None, sta
 
   Examples:
     >>> from anytime import averaging
-    >>> averaging.power_ema(1.0).weights(3)  # ∝ s^γ: 1, 2, 3
-    array([0.        , 0.16666667, 0.33333333, 0.5       ])
+    >>> averaging.power_ema(1.0).weights(3)  # (s^2 − (s−1)^2) / 3^2: 1/9, 3/9, 5/9
+    array([0.        , 0.11111111, 0.33333333, 0.55555556])
   """
   if (gamma is None) == (sigma_rel is None):
     raise ValueError("give exactly one of gamma or sigma_rel")
@@ -592,7 +592,7 @@ def tail(fraction: float, *, start_step: int = 0, every: int = 1,
   Examples:
     >>> from anytime import averaging
     >>> int((averaging.tail(0.25).weights(100) > 0).sum())  # iterates in the average
-    32
+    36
   """
   return Tail(fraction=fraction, start_step=start_step, every=every, dtype=dtype)
 
