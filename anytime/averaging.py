@@ -8,7 +8,7 @@ step: no host sync, dtypes stable.
 
 Kinds (t counts the updates since the average's ``start_step``: t = 1 for the first one). Each
 kind is one frozen dataclass that owns its state (``init``/``update``/``read``), its weight
-profile over the iterates (``weights``) and its config (``to_config``/``from_config``):
+profile over the iterates (``weights``) and its config (``to_config``/``from_config``)::
 
   ``ema(decay)``            w̄ ← decay·w̄ + (1−decay)·w_t, optional bias correction.
   ``anytime_ema(f)``        decay_t = 2^(−f/(t+1)): half-life ≈ t/f grows with t
@@ -797,8 +797,8 @@ def averaged_params(opt_state: optax.OptState, name: str, *, like: Any = None):
       ``inject_hyperparams``, ``MultiSteps``, ...) or an ``init_averages`` state. Abstract
       states (``jax.eval_shape``) give abstract results.
     name: the average's name.
-    like: a params tree (or its abstract tree): the result takes its dtypes. Without it the
-      leaves have the average's dtype.
+    like: a params tree (or its abstract tree): the result takes its dtypes and its tree
+      structure (e.g. ``nnx.Param`` wrappers). Without it the leaves have the average's dtype.
 
   Returns:
     The averaged params, with the params' tree structure (and metadata boxes).
@@ -819,12 +819,18 @@ def averaged_params(opt_state: optax.OptState, name: str, *, like: Any = None):
 
 
 def _like(tree, like):
+  """``tree``'s leaves in ``like``'s dtypes and tree structure (e.g. NNX Param wrappers)."""
+  leaves, like_leaves = jax.tree.leaves(tree), jax.tree.leaves(like)
+  if len(leaves) != len(like_leaves):
+    raise ValueError(f"like must have the params' leaves ({len(leaves)}), got {len(like_leaves)}")
+
   def cast(x, ref):
     if isinstance(x, jax.ShapeDtypeStruct):
       return jax.ShapeDtypeStruct(x.shape, ref.dtype, sharding=x.sharding)
     return x.astype(ref.dtype)
 
-  return jax.tree.map(cast, tree, like)
+  return jax.tree.unflatten(jax.tree.structure(like),
+                            [cast(x, ref) for x, ref in zip(leaves, like_leaves)])
 
 
 def eval_params(opt_state: optax.OptState, params) -> dict[str, Any]:

@@ -9,7 +9,8 @@ Every schedule takes ``peak_value`` and an optional linear warmup from
 ``warmup_init_fraction * peak_value`` to ``peak_value`` over ``warmup_steps`` steps. All are
 jit-able and accept a Python int or an integer/float array step. Only jax + optax are imported.
 
-References:
+References::
+
   Meterez et al. 2026, "Anytime pretraining: horizon-free learning-rate schedules with weight
     averaging" (arXiv 2602.03702).
   Hu et al. 2024, "MiniCPM" (WSD schedule, exponential cooldown).
