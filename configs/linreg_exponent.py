@@ -9,14 +9,12 @@ per horizon and with one LR for all horizons (the anytime protocol).
   python -m anytime.theory.linreg --config configs/linreg_exponent.py --workdir /tmp/linreg_exp
 
 Defaults (dim 1e6, N = 1e6, fast mode at 16 bins per octave, 18 problems x 43 (gamma, alpha) x
-10 LRs) take ~23 s per problem on one H100 GPU; on a 2-core CPU an estimated ~10 min per problem
-(10x the measured N = 1e5 run below; hours in all). Measured on a 2-core CPU shared with other
-jobs, one panel to N = 1e5, 186 s:
+10 LRs) need a GPU (tens of seconds per problem); on a 2-core CPU run one panel to N = 1e5
+(a few minutes):
   ... --config.capacities='(1.5,)' --config.source_ratios='(2.0,)' --config.num_steps=100000 \
       --config.dim=100000
-Result (docs/linreg.md): with the LR tuned per horizon the best gamma stays 0-0.1 < gamma* = 0.5;
-with one LR for all horizons t^-gamma* (best alpha) overtakes constant + average at N ~ 2e4-1e5
-for sigma^2 >= 1e-2.
+Expected: with the LR tuned per horizon the best gamma stays below gamma*; with one LR for all
+horizons t^-gamma* overtakes constant + average at large N. Measured numbers: docs/linreg.md.
 Outputs exponent_sweep.json (best per horizon, overtake horizons), exponent_sweep.csv (every
 (gamma, alpha, horizon) with its tuned LR and risk) and exponent_sweep.png (best gamma vs N).
 """

@@ -11,6 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 from anytime import schedules
 from anytime.theory import river_valley as rv
+from anytime.theory.river_valley import lab
 
 _CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "configs", "river_valley.py")
 
@@ -125,27 +126,35 @@ def _small_config():
   return config
 
 
+def _steps(model, chain, config, **kwargs):
+  return rv.build_steps(model, chain, rv.OptimizerSettings.from_config(config.optimizer),
+                        rv.make_averages(config.averages), **kwargs)
+
+
+def _run(steps, name, schedule, start, end, chunk_steps=100):
+  return rv.train_run(steps, name, schedule, steps.init_state(), start, end,
+                      chunk_steps=chunk_steps, data_key=jax.random.key(0))
+
+
 def test_bigram_reaches_near_bayes_loss_with_decayed_schedule():
   config = _small_config()
   chain = rv.make_chain(**config.chain)
   model = rv.bigram_model(chain)
-  trainer = rv.Trainer(model, chain, rv.make_optimizer_factory(config.optimizer, config.averages),
-                       batch_size=8, seq_len=64, chunk_steps=100, hessian_iterations=10, seed=0)
+  steps = _steps(model, chain, config, batch_size=8, seq_len=64, hessian_iterations=10)
   start = float(model.metrics(model.init_params)["excess"])
   schedule = schedules.cosine(0.1, total_steps=1000, final_fraction=0.0, warmup_steps=20)
-  record, _ = trainer.run("cosine", schedule, trainer.init_state(), 0, 1000)
+  record, _ = _run(steps, "cosine", schedule, 0, 1000)
   end = record.value(1000)
   assert start == pytest.approx(np.log(8) - chain.entropy, rel=1e-5)
   assert end < 5e-3 * start  # within 0.5% of the initial excess of the Bayes loss.
-  constant, _ = trainer.run("constant", schedules.constant(0.1, warmup_steps=20),
-                            trainer.init_state(), 0, 1000)
+  constant, _ = _run(steps, "constant", schedules.constant(0.1, warmup_steps=20), 0, 1000)
   assert end < constant.value(1000)  # the decay is what brings it there.
 
 
 def test_wsd_s_composition_equals_library_wsd_s_for_equal_cooldowns():
   config = _small_config()
   steps = np.arange(0, 1000)
-  ours = rv._wsd_s_schedule(0.1, [300, 600, 1000], [100, 100, 100], config)(steps)
+  ours = lab._wsd_s_schedule(0.1, [300, 600, 1000], [100, 100, 100], config)(steps)
   ref = schedules.wsd_s(0.1, decay_ends=[300, 600, 1000], cooldown_steps=100,
                         shape=config.cooldown_shape, final_fraction=config.final_fraction,
                         warmup_steps=config.warmup_steps)(steps)
@@ -233,22 +242,23 @@ def test_other_bad_inputs():
   with pytest.raises(ValueError, match="seq_len"):
     rv.sample_tokens(chain, jax.random.key(0), 2, 1)
   config = _small_config()
-  factory = rv.make_optimizer_factory(config.optimizer, config.averages)
   with pytest.raises(ValueError, match="batch_size"):
-    rv.Trainer(rv.bigram_model(chain), chain, factory, batch_size=0, seq_len=8, chunk_steps=10,
-               hessian_iterations=5, seed=0)
-  trainer = rv.Trainer(rv.bigram_model(chain), chain, factory, batch_size=2, seq_len=8,
-                       chunk_steps=10, hessian_iterations=5, seed=0)
+    _steps(rv.bigram_model(chain), chain, config, batch_size=0, seq_len=8, hessian_iterations=5)
+  steps = _steps(rv.bigram_model(chain), chain, config, batch_size=2, seq_len=8,
+                 hessian_iterations=5)
   with pytest.raises(ValueError, match="multiples of eval_every"):
-    trainer.run("x", schedules.constant(0.1), trainer.init_state(), 0, 15)
+    _run(steps, "x", schedules.constant(0.1), 0, 15, chunk_steps=10)
   with pytest.raises(ValueError, match="optimizer.name"):
-    rv.make_optimizer_factory(dict(config.optimizer, name="lion"), config.averages)
+    rv.OptimizerSettings.from_config(dict(config.optimizer, name="lion"))
+  with pytest.raises(ValueError, match="optimizer.b2"):
+    rv.OptimizerSettings.from_config(dict(config.optimizer, b2=1.0))
+  with pytest.raises(ValueError, match="averages"):
+    rv.make_averages({})
   with pytest.raises(ValueError, match="model.name"):
     rv.make_model(chain, dict(config.model, name="mlp"), seq_len=8)
 
 
 def test_transformer_option():
-  pytest.importorskip("anytime.lm.model")
   import optax
 
   chain = rv.make_chain(8, seed=0)
@@ -261,7 +271,7 @@ def test_transformer_option():
 
   @jax.jit
   def step(params, opt_state, key):
-    grads = jax.grad(model.batch_loss)(params, rv._sampler(chain, 16, 16)(key))
+    grads = jax.grad(model.batch_loss)(params, rv.make_sampler(chain, 16, 16)(key))
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
