@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from anytime import averaging, checkpoint, loop, naming, posthoc, schedules
+from anytime import averaging, checkpoint, loop, naming, parallel, posthoc, schedules
 from anytime import config as config_lib
 from anytime.lm import data as data_lib
 
@@ -170,7 +170,7 @@ def _initial_state(members: Sequence[_Member], template: loop.Run):
       store.close()
     return _stack(states), members[0].spec.start_step
   seeds = np.array([m.spec.config.seed for m in members], np.uint32)
-  return jax.jit(jax.vmap(template.init_fn))(seeds), 0
+  return parallel.jit_over_copies(template.init_fn)(seeds), 0
 
 
 def train_group(specs: Sequence[RunSpec], *, workdir: str | epath.Path,
@@ -206,11 +206,17 @@ def _train(members: list[_Member], template: loop.Run,
   end = members[0].spec.end_step
   states, step = _initial_state(members, template)
   for m in members:
+    if m.spec.start is None and step == 0:
+      checkpoint.write_json(m.spec.directory / "config.json",
+                            json.loads(m.spec.config.to_json_best_effort()))
     m.writer = loop.MetricsWriter(m.spec.directory, truncate_after=step)
     if m.snapshots is not None:
       m.snapshots.discard_after(step)
-  step_fn = jax.jit(jax.vmap(template.step_fn), donate_argnums=0)
-  eval_fn = jax.jit(jax.vmap(template.eval_fn, in_axes=(0, None)))
+  step_fn = parallel.jit_over_copies(template.step_fn, donate_argnums=0)
+  eval_fn = parallel.jit_over_copies(template.eval_fn, in_axes=(0, None))
+  # Each run's raw params and averages (and Schedule-Free's point), stacked like the states.
+  candidates_fn = parallel.jit_over_copies(
+      lambda state: averaging.eval_params(state.opt_state, state.params))
   tokens_per_step = t.batch_size * t.seq_len
   eval_steps = frozenset().union(*(m.spec.eval_steps for m in members))
   save_steps = frozenset().union(*(m.spec.keep_steps for m in members))
@@ -238,7 +244,7 @@ def _train(members: list[_Member], template: loop.Run,
       if pending is not None:
         _log(members, *pending, tokens_per_step)
         pending = None
-      _evaluate(members, template, eval_fn, states, step, tokens_per_step)
+      _evaluate(members, template, eval_fn, candidates_fn(states), step, tokens_per_step)
     if step % t.checkpoint_every == 0 or step in save_steps or step == end:
       for i, m in enumerate(members):
         if step not in m.store.all_steps():
@@ -268,10 +274,9 @@ def _log(members: Sequence[_Member], step: int, device_metrics: Mapping[str, Any
                             "lr": float(metrics["lr"][i]), "tokens": step * tokens_per_step})
 
 
-def _evaluate(members: Sequence[_Member], template: loop.Run, eval_fn, states, step: int,
-              tokens_per_step: int) -> None:
+def _evaluate(members: Sequence[_Member], template: loop.Run, eval_fn,
+              candidates: Mapping[str, Any], step: int, tokens_per_step: int) -> None:
   """Validation loss of every run's raw params and averages, all runs in one call per batch."""
-  candidates = averaging.eval_params(states.opt_state, states.params)
   totals = {name: [eval_fn(params, batch) for batch in template.eval_batches]
             for name, params in candidates.items()}  # all dispatched before any is read
   losses = {}

@@ -50,6 +50,9 @@ def main(argv: list[str]) -> None:
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
   workdir = _WORKDIR.value
+  from anytime import parallel  # pylint: disable=g-import-not-at-top
+
+  parallel.use_compilation_cache()
   if command == "train":
     if _CONFIG.value is None:
       raise app.UsageError("--config is required (e.g. configs/lm_tiny.py)")

@@ -41,5 +41,6 @@ def ema_name(factor: float) -> str:
 
 
 def lr_tag(lr: float) -> str:
-  """A short tag of a learning rate for run names (``3e-3``)."""
-  return f"{lr:.0e}".replace("e-0", "e-").replace("+0", "")
+  """A tag of a learning rate for run names, exact to 3 digits (``3e-3``, ``4.24e-3``)."""
+  mantissa, exponent = f"{lr:.2e}".split("e")
+  return f"{float(mantissa):g}e{int(exponent)}"

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -192,3 +192,31 @@ def to_host(tree):
     return jax.tree.map(np.asarray, jax.device_get(tree))
   return multihost_utils.process_allgather(tree, tiled=True)
 
+
+# XLA's CPU backend in jaxlib 0.10.2 miscompiles some of its YNNPACK ("__ynn_fusion") fusions:
+# for ``1 + sum(p[None] * x, -1)`` with x f32[9, 4032, 64] the rows i >= 8 come out equal to
+# rows i - 8 (tests/test_vmap_copies.py reproduces it). vmap over >= 9 copies of a function that
+# multiplies them with a shared constant builds exactly that fusion. These compiler options
+# turn the YNNPACK fusions off for one jitted function; other backends do not get them.
+_CPU_SAFE_COMPILER_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+
+
+def jit_over_copies(fn: Callable, *, in_axes: Any = 0, **jit_kwargs) -> Callable:
+  """``jax.jit(jax.vmap(fn, in_axes), **jit_kwargs)``, correct on CPU for any number of copies."""
+  options = dict(_CPU_SAFE_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
+  return jax.jit(jax.vmap(fn, in_axes=in_axes), compiler_options=options, **jit_kwargs)
+
+
+def use_compilation_cache(directory: str | None = None) -> str:
+  """Turns on JAX's persistent compilation cache, before anything is compiled.
+
+  Programs with the same HLO (the runs of a suite, a resumed run, a second invocation) are
+  then compiled once and loaded from disk afterwards. The directory is ``directory``, else
+  ``$ANYTIME_COMPILATION_CACHE``, else ``~/.cache/anytime/jax``. Returns the directory.
+  """
+  directory = (directory or os.environ.get("ANYTIME_COMPILATION_CACHE") or
+               os.path.join(os.path.expanduser("~"), ".cache", "anytime", "jax"))
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return directory

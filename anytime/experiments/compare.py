@@ -1,44 +1,51 @@
-"""The comparison suite: is one horizon-free run as good, at every horizon, as a cosine
-schedule tuned for that horizon — and at what cost?
+"""The comparison suite: is one horizon-free run as good, at every horizon, as a schedule tuned
+for that horizon — measured so that the answer survives a closer look.
 
 A suite config names a base horizon T (steps), horizons {1, 2, 4, 8}·T and methods:
 
-- ``cosine``: one run per (horizon, peak LR) from a grid; per horizon the best LR's last
-  iterate forms the *cosine envelope* (the horizon-bound reference);
-- ``constant``: one constant-LR run to the longest horizon, evaluated at every horizon with
-  each of its anytime EMAs (f = 6.25 … 100) and a LAWA window average; its WSD decay branches
-  (one per horizon, the cooldown ending at the horizon) give the ``wsd`` column;
-- ``inverse_sqrt`` / ``polynomial``: one run each, evaluated with their EMAs;
-- ``wsd_s``: one run whose schedule decays before each horizon and continues at peak;
-- ``schedule_free_adamw``: one run (optax.contrib), evaluated at its Schedule-Free point.
+- baselines, tuned per horizon: ``cosine`` (to 10% of peak, the seed paper's), ``d2z``
+  (linear decay to zero, Bergsma et al. 2025), optionally ``cosine_zero``; the envelope is the
+  best family at each horizon;
+- anytime methods, one LR for all horizons: ``constant`` (evaluated with its anytime EMAs, a
+  LAWA window, post-hoc power EMAs, merges of its last checkpoints, and WSD decay branches to
+  zero and to 10%), ``inverse_sqrt``, ``wsd_s``, ``schedule_free``.
 
-Runs execute one after the other in ``workdir/runs/<name>``; finished runs are skipped and an
-interrupted one resumes from its checkpoint, so an interrupted suite can simply be restarted.
-The report (``workdir/report/``) is rebuilt from stored metrics alone: a table like the seed
-paper's Figure 2 (CSV, JSON, Markdown) with deltas to the cosine envelope in nats and the tokens
-each method spent, a plot of validation loss vs tokens, and a plot of the schedules.
+Tuning: every method starts from the same log-spaced LR grid; where a best LR lies on an edge
+of its grid, the grid is extended on that side (``suite.max_extensions`` times at most) and the
+missing runs are trained; an optimum still on an edge is marked in the report. Noise floor: the
+chosen configurations are re-run with ``suite.seeds`` seeds (init and data order); the report
+gives mean ± standard error, paired deltas to the envelope, and calls a delta within two
+standard errors a tie (``anytime.experiments.verdict``).
+
+Runs are trained by ``anytime.batched``: all runs that share a program (model, optimizer
+structure) and a length train as one vmapped program. Every run keeps its own directory in
+``workdir/runs/<name>``; finished runs are skipped, so an interrupted suite is simply restarted.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
+import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 from etils import epath
 
-from anytime import branches, checkpoint, loop, naming, schedules
+from anytime import batched, branches, checkpoint, loop, naming
 from anytime import config as config_lib
+from anytime.experiments import merging, posthoc_eval, tuning, verdict
+from anytime.lm import data as data_lib
+from anytime.lm import model as model_lib
 
-METHODS = ("cosine", "constant", "inverse_sqrt", "polynomial", "wsd_s", "schedule_free_adamw")
-ANYTIME_RUNS = ("constant", "inverse_sqrt", "polynomial")
+BASELINES = ("cosine", "d2z", "cosine_zero")
+ANYTIME = ("constant", "inverse_sqrt", "wsd_s", "schedule_free")
+TUNING_SEED = 0
 
 
 def default_suite() -> ml_collections.ConfigDict:
@@ -46,63 +53,57 @@ def default_suite() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       base_steps=100,  # T, the 1x horizon, in steps
       multipliers=[1, 2, 4, 8],
-      methods=list(METHODS[:2]) + ["inverse_sqrt", "wsd_s", "schedule_free_adamw"],
+      baselines=["cosine", "d2z"],  # tuned per horizon; "cosine_zero" is the third option
+      methods=["constant", "inverse_sqrt", "wsd_s", "schedule_free"],  # one LR for all horizons
       warmup_steps=10,
       warmup_init_fraction=0.1,
-      cosine_peak_values=[1e-3, 3e-3],  # the LR grid tuned per horizon
       cosine_final_fraction=0.1,
-      peak_values=[3e-3],  # LR grid of the anytime methods (one LR chosen for all horizons)
-      schedule_free_peak_values=[3e-3],
+      lr_centre=3e-3,  # the initial grid: lr_points values, lr_factor apart, around lr_centre
+      lr_points=3,
+      lr_factor=2 ** 0.5,
+      max_extensions=3,  # per side: how far a grid may grow when its best LR is on an edge
+      seeds=3,  # the chosen configurations run with seeds 0..seeds-1 (0 = the tuning seed)
+      max_batch_runs=12,  # runs trained as one vmapped program at most
       inverse_sqrt_offset=40.0,
-      polynomial_exponent=0.3,
-      polynomial_offset=40.0,
-      ema_factors=[6.25, 12.5, 25.0, 50.0, 100.0],
+      ema_factors=[6.25, 25.0, 100.0],
       headline_ema=25.0,  # the seed paper's EMA-25
       lawa_every=0,  # 0 = base_steps // 10
       lawa_size=10,
       wsd_cooldown_fraction=0.2,
-      wsd_shape="linear",
-      wsd_final_fraction=0.1,
+      wsd_variants=[["1-sqrt", 0.0], ["linear", 0.0], ["1-sqrt", 0.1], ["linear", 0.1]],
       wsd_s_cooldown_fraction=0.2,  # of the base horizon T
       evals_per_base=2,  # evaluations per T along the anytime runs (for the curves)
-      # Post-hoc averaging (anytime.posthoc): snapshots of two power EMAs along the anytime
-      # runs; at each horizon the best of these reconstructed sigma_rels is reported ([] = off).
-      posthoc_sigma_rels=[0.02, 0.035, 0.05, 0.07, 0.1, 0.15, 0.2],
+      posthoc_sigma_rels=[0.05, 0.1, 0.2],  # reconstructed after training ([] = off)
       snapshots_per_base=10,
+      merge_last=[4],  # merge the last k checkpoints before each horizon ([] = off)
+      merge_ema_alpha=0.5,  # the "ema" merge's decay per checkpoint
+      checkpoints_per_base=8,  # main checkpoints per T of the constant runs (for merging)
   ))
 
 
-def _method_config(base: ml_collections.ConfigDict, *, total_steps: int,
-                   schedule: Mapping[str, Any], averages: Mapping[str, Any] | None = None,
-                   eval_at: Sequence[int] = (), eval_every: int | None = None,
-                   branches: Mapping[str, Any] | None = None,
-                   optimizer_name: str | None = None,
-                   snapshot_every: int = 0) -> ml_collections.ConfigDict:
-  config = copy.deepcopy(base)
-  config.unlock()
-  config.train.snapshot_every = snapshot_every
-  config.train.total_steps = total_steps
-  config.train.eval_every = eval_every or total_steps
-  config.train.eval_at = sorted(set(int(s) for s in eval_at))
-  config.train.checkpoint_every = max(total_steps // 4, 1)
-  config.optimizer.schedule = dict(schedule)
-  config.optimizer.averages = dict(averages or {})
-  if optimizer_name:
-    config.optimizer.name = optimizer_name
-  if branches:
-    config.branches.update(branches)
-  config.lock()
-  return config
+class PlannedRun(NamedTuple):
+  """One run of the suite: its identity in the report and what ``batched`` trains."""
+
+  method: str
+  peak_value: float
+  seed: int
+  spec: batched.RunSpec
 
 
-def plan(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-  """The runs of a suite: ``[{name, method, peak_value, config}, ...]``."""
+def horizons(suite: ml_collections.ConfigDict) -> list[int]:
+  return sorted(suite.base_steps * m for m in suite.multipliers)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Refuses a bad suite config with a one-line error naming the key."""
   s = config.suite
-  unknown = sorted(set(s.methods) - set(METHODS))
-  if unknown:
-    raise ValueError(f"suite.methods: unknown {unknown}; accepted: {list(METHODS)}")
-  if "cosine" not in s.methods:
-    raise ValueError("suite.methods must include 'cosine' (the reference the report compares to)")
+  for key, names, accepted in (("baselines", s.baselines, BASELINES),
+                               ("methods", s.methods, ANYTIME)):
+    unknown = sorted(set(names) - set(accepted))
+    if unknown:
+      raise ValueError(f"suite.{key}: unknown {unknown}; accepted: {list(accepted)}")
+  if not s.baselines:
+    raise ValueError("suite.baselines must name at least one baseline (the reference)")
   if not isinstance(s.base_steps, int) or s.base_steps < 2:
     raise ValueError(f"suite.base_steps must be an integer >= 2, got {s.base_steps!r}")
   if not s.multipliers or any(not isinstance(m, int) or m < 1 for m in s.multipliers):
@@ -112,385 +113,417 @@ def plan(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                      f"suite.base_steps ({s.base_steps})")
   if s.headline_ema not in s.ema_factors:
     raise ValueError(f"suite.headline_ema ({s.headline_ema}) must be one of suite.ema_factors")
-  horizons = sorted(s.base_steps * m for m in s.multipliers)
-  longest = horizons[-1]
+  for key in ("lr_points", "seeds", "max_batch_runs"):
+    if not isinstance(s[key], int) or s[key] < 1:
+      raise ValueError(f"suite.{key} must be a positive integer, got {s[key]!r}")
+  if not isinstance(s.max_extensions, int) or s.max_extensions < 0:
+    raise ValueError(f"suite.max_extensions must be a non-negative integer, got "
+                     f"{s.max_extensions!r}")
+  if not s.lr_centre > 0 or not s.lr_factor > 1:
+    raise ValueError(f"suite.lr_centre must be > 0 and suite.lr_factor > 1, got "
+                     f"{s.lr_centre!r}, {s.lr_factor!r}")
+  for every in ("snapshots_per_base", "checkpoints_per_base", "evals_per_base"):
+    if s[every] < 1 or s.base_steps % s[every]:
+      raise ValueError(f"suite.{every} ({s[every]}) must divide suite.base_steps "
+                       f"({s.base_steps}) into whole steps")
+  for variant in s.wsd_variants:
+    if len(variant) != 2:
+      raise ValueError(f"suite.wsd_variants entries are [shape, final_fraction], got {variant}")
+  if (config.base.parallel.num_devices or jax.device_count()) != 1:
+    raise ValueError("base.parallel.num_devices must be 1 in a suite (runs are batched on "
+                     "one device)")
+  config_lib.validate_config(config.base)
+
+
+def initial_grid(suite: ml_collections.ConfigDict) -> tuple[float, ...]:
+  return tuning.log_grid(suite.lr_centre, suite.lr_points, suite.lr_factor)
+
+
+def _schedule(method: str, lr: float, horizon: int, s: ml_collections.ConfigDict) -> dict:
   warmup = dict(warmup_steps=s.warmup_steps, warmup_init_fraction=s.warmup_init_fraction)
-  base = config.base
-  eval_every = max(s.base_steps // s.evals_per_base, 1)
-  lawa_every = s.lawa_every or max(s.base_steps // 10, 1)
-  averages = {naming.ema_name(f): dict(kind="anytime_ema", factor=float(f)) for f in s.ema_factors}
-  snapshot_every = 0
-  if s.posthoc_sigma_rels:
-    snapshot_every = max(s.base_steps // s.snapshots_per_base, 1)
-    if s.base_steps % snapshot_every:
-      raise ValueError(f"suite.snapshots_per_base ({s.snapshots_per_base}) must divide "
-                       f"suite.base_steps ({s.base_steps}) into whole steps")
-  runs = []
-  for horizon in horizons:
-    for lr in s.cosine_peak_values:
-      schedule = dict(name="cosine", peak_value=lr, total_steps=horizon,
-                      final_fraction=s.cosine_final_fraction, **warmup)
-      runs.append(dict(name=f"cosine_{horizon}_lr{naming.lr_tag(lr)}", method="cosine", peak_value=lr,
-                       horizon=horizon, config=_method_config(base, total_steps=horizon,
-                                                              schedule=schedule)))
-  anytime_schedules = {
-      "constant": lambda lr: dict(name="constant", peak_value=lr, **warmup),
-      "inverse_sqrt": lambda lr: dict(name="inverse_sqrt", peak_value=lr,
-                                      offset=s.inverse_sqrt_offset, **warmup),
-      "polynomial": lambda lr: dict(name="polynomial_decay", peak_value=lr,
-                                    exponent=s.polynomial_exponent, offset=s.polynomial_offset,
-                                    **warmup),
-  }
-  for method in ANYTIME_RUNS:
-    if method not in s.methods:
+  if method in BASELINES:
+    name = "cosine" if method.startswith("cosine") else "linear"
+    final = s.cosine_final_fraction if method == "cosine" else 0.0
+    return dict(name=name, peak_value=lr, total_steps=horizon, final_fraction=final, **warmup)
+  if method == "inverse_sqrt":
+    return dict(name="inverse_sqrt", peak_value=lr, offset=s.inverse_sqrt_offset, **warmup)
+  if method == "wsd_s":
+    return dict(name="wsd_s", peak_value=lr, decay_ends=horizons(s),
+                cooldown_steps=naming.cooldown_steps(s.wsd_s_cooldown_fraction, s.base_steps),
+                shape="linear", final_fraction=0.0, **warmup)
+  return dict(name="constant", peak_value=lr, **warmup)
+
+
+def _averages(s: ml_collections.ConfigDict) -> dict[str, dict]:
+  averages = {naming.ema_name(f): dict(kind="anytime_ema", factor=float(f))
+              for f in s.ema_factors}
+  averages["lawa"] = dict(kind="window", every=s.lawa_every or max(s.base_steps // 10, 1),
+                          size=s.lawa_size)
+  return averages
+
+
+def run_config(config: ml_collections.ConfigDict, method: str, lr: float, seed: int,
+               horizon: int) -> ml_collections.ConfigDict:
+  """The training config of one run of the suite."""
+  s, c = config.suite, copy.deepcopy(config.base)
+  c.unlock()
+  c.seed = seed
+  c.train.total_steps = horizon
+  c.optimizer.schedule = _schedule(method, lr, horizon, s)
+  c.train.eval_every = horizon
+  c.train.checkpoint_every = horizon
+  c.train.keep_checkpoints = 1
+  if method not in BASELINES:
+    c.train.eval_every = s.base_steps // s.evals_per_base
+    c.train.eval_at = horizons(s)
+  if method in ("constant", "inverse_sqrt"):
+    c.optimizer.averages = _averages(s)
+  if method == "constant":
+    c.train.checkpoint_every = s.base_steps // s.checkpoints_per_base
+    c.train.keep_checkpoints = 10**6  # every one: branch points and merges read them
+    if s.posthoc_sigma_rels:
+      c.train.snapshot_every = s.base_steps // s.snapshots_per_base
+  if method == "schedule_free":
+    c.optimizer.name = "schedule_free_adamw"
+  c.lock()
+  return c
+
+
+def run_name(method: str, lr: float, seed: int, horizon: int | None = None) -> str:
+  where = f"_{horizon}" if horizon is not None else ""
+  return f"{method}{where}_lr{naming.lr_tag(lr)}_s{seed}"
+
+
+def plan_runs(config: ml_collections.ConfigDict, workdir: epath.Path,
+              lrs: Mapping[tuple[str, int | None], Sequence[float]],
+              seeds: Sequence[int]) -> list[PlannedRun]:
+  """The main runs for ``lrs[(method, horizon or None)]`` and ``seeds``."""
+  s, longest = config.suite, horizons(config.suite)[-1]
+  planned = []
+  for (method, horizon), values in sorted(lrs.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+    for lr in values:
+      for seed in seeds:
+        name = run_name(method, lr, seed, horizon)
+        end = horizon or longest
+        keep = frozenset()
+        if method == "constant":
+          keep = frozenset(h - naming.cooldown_steps(s.wsd_cooldown_fraction, h)
+                           for h in horizons(s))
+        spec = batched.RunSpec(
+            name=name, config=run_config(config, method, lr, seed, end),
+            directory=checkpoint.main_dir(workdir / "runs" / name), end_step=end,
+            eval_steps=frozenset(horizons(s)) if horizon is None else frozenset(),
+            keep_steps=keep)
+        planned.append(PlannedRun(method, lr, seed, spec))
+  return planned
+
+
+def wsd_method(shape: str, final_fraction: float) -> str:
+  return f"wsd_{shape}_{final_fraction:g}"
+
+
+def plan_branches(config: ml_collections.ConfigDict, constant_runs: Sequence[PlannedRun]
+                  ) -> list[PlannedRun]:
+  """WSD decay branches of every constant run: each variant, one per horizon."""
+  s = config.suite
+  planned = []
+  for run in constant_runs:
+    run_dir = run.spec.directory.parent
+    for shape, final in s.wsd_variants:
+      for h in horizons(s):
+        cooldown = naming.cooldown_steps(s.wsd_cooldown_fraction, h)
+        name = naming.branch_name(f"{shape}_to{final:g}", h)
+        schedule = dict(run.spec.config.optimizer.schedule.to_dict(),
+                        decay=dict(branch_step=h - cooldown, cooldown_steps=cooldown,
+                                   shape=shape, final_fraction=float(final)))
+        spec = batched.RunSpec(
+            name=f"{run.spec.name}/{name}", config=run.spec.config,
+            directory=checkpoint.branch_dir(run_dir, name), end_step=h,
+            start=(run.spec.directory, h - cooldown), schedule=schedule)
+        planned.append(PlannedRun(wsd_method(shape, final), run.peak_value, run.seed, spec))
+  return planned
+
+
+# ---------------------------------------------------------------------------- training
+
+
+class _Clock:
+  """Suite-wide progress: runs done, tokens/s, ETA from the steps still to train."""
+
+  def __init__(self, total_run_steps: int):
+    self.total, self.done, self.runs_done = total_run_steps, 0, 0
+    self.start = time.perf_counter()
+
+  def line(self, label: str, p: batched.Progress, group_steps: int, runs_total: int) -> str:
+    done = self.done + p.runs * (p.step - (p.end_step - group_steps))
+    elapsed = time.perf_counter() - self.start
+    eta = elapsed / max(done, 1) * (self.total - done)
+    return (f"[suite] {label}: step {p.step}/{p.end_step} x {p.runs} runs | runs done "
+            f"{self.runs_done}/{runs_total} | {p.tokens_per_sec:,.0f} tok/s | ETA "
+            f"{loop._format_seconds(eta)}")  # pylint: disable=protected-access
+
+
+def train_all(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict,
+              workdir: epath.Path, label: str) -> None:
+  """Trains every planned run not finished yet, batched; branches after their main runs."""
+  todo = [p for p in planned if not batched.finished(p.spec)]
+  if not todo:
+    return
+  groups = batched.group_runs([p.spec for p in todo], config.suite.max_batch_runs)
+  groups.sort(key=lambda g: g[0].start is not None)  # main runs before the branches of them
+  clock = _Clock(sum((g[0].end_step - g[0].start_step) * len(g) for g in groups))
+  for i, group in enumerate(groups):
+    steps = group[0].end_step - group[0].start_step
+    tag = f"{label} {i + 1}/{len(groups)}"
+    show = lambda p, tag=tag, steps=steps: print(
+        clock.line(tag, p, steps, len(todo)), flush=True)
+    every = max(steps // 4, 1)
+    group_start = time.perf_counter()
+    batched.train_group(group, workdir=workdir,
+                        progress=lambda p, show=show, every=every: (
+                            show(p) if p.step % every == 0 or p.step == p.end_step else None))
+    print(f"[suite] {tag}: {len(group)} runs x {steps} steps in "
+          f"{time.perf_counter() - group_start:.1f} s", flush=True)
+    clock.done += steps * len(group)
+    clock.runs_done += len(group)
+    for spec in group:
+      if spec.start is not None:
+        _write_lineage(spec)
+
+
+def _write_lineage(spec: batched.RunSpec) -> None:
+  decay = spec.schedule["decay"]
+  checkpoint.write_json(spec.directory / branches.LINEAGE, dict(
+      parent="main", parent_step=decay["branch_step"], cooldown_steps=decay["cooldown_steps"],
+      shape=decay["shape"], final_fraction=decay["final_fraction"], end_step=spec.end_step,
+      schedule=dict(spec.schedule), finished=True))
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def records_of(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict
+               ) -> list[tuning.Record]:
+  """The evaluated numbers of finished runs, at the suite's horizons, as report records."""
+  s = config.suite
+  out = []
+  for run in planned:
+    if not batched.finished(run.spec):
       continue
-    for lr in s.peak_values:
-      run_averages = dict(averages)
-      branches = None
-      if method == "constant":
-        run_averages["lawa"] = dict(kind="window", every=lawa_every, size=s.lawa_size)
-        branches = dict(budgets=horizons, cooldown_fraction=s.wsd_cooldown_fraction,
-                        shape=s.wsd_shape, final_fraction=s.wsd_final_fraction)
-      runs.append(dict(name=f"{method}_lr{naming.lr_tag(lr)}", method=method, peak_value=lr,
-                       horizon=longest, config=_method_config(
-                           base, total_steps=longest, schedule=anytime_schedules[method](lr),
-                           averages=run_averages, eval_at=horizons, eval_every=eval_every,
-                           branches=branches, snapshot_every=snapshot_every)))
-  if "wsd_s" in s.methods:
-    cooldown = naming.cooldown_steps(s.wsd_s_cooldown_fraction, s.base_steps)
-    for lr in s.peak_values:
-      schedule = dict(name="wsd_s", peak_value=lr, decay_ends=horizons, cooldown_steps=cooldown,
-                      shape=s.wsd_shape, final_fraction=s.wsd_final_fraction, **warmup)
-      runs.append(dict(name=f"wsd_s_lr{naming.lr_tag(lr)}", method="wsd_s", peak_value=lr,
-                       horizon=longest, config=_method_config(
-                           base, total_steps=longest, schedule=schedule, eval_at=horizons,
-                           eval_every=eval_every)))
-  if "schedule_free_adamw" in s.methods:
-    for lr in s.schedule_free_peak_values:
-      runs.append(dict(name=f"schedule_free_lr{naming.lr_tag(lr)}", method="schedule_free_adamw",
-                       peak_value=lr, horizon=longest, config=_method_config(
-                           base, total_steps=longest,
-                           schedule=dict(name="constant", peak_value=lr, **warmup),
-                           eval_at=horizons, eval_every=eval_every,
-                           optimizer_name="schedule_free_adamw")))
-  for run in runs:
-    config_lib.validate_config(run["config"])
-  return runs
+    evals = {m["step"]: naming.eval_losses(m) for m in loop.read_metrics(run.spec.directory)
+             if naming.is_eval_record(m)}
+    steps = [run.spec.end_step] if run.spec.start or run.method in BASELINES else horizons(s)
+    for h in steps:
+      for candidate, loss in evals.get(h, {}).items():
+        if candidate in _candidates(run, s):
+          out.append(tuning.Record(run.method, candidate, h, run.peak_value, run.seed, loss))
+    run_dir = run.spec.directory.parent
+    table = checkpoint.read_json(run_dir / "posthoc" / "table.json")
+    if isinstance(table, list) or table is None:
+      rows = table or []
+    else:
+      rows = table.get("rows", [])
+    best: dict[int, float] = {}
+    for row in rows:
+      if row["target"] == "sigma_rel" and row["step"] in horizons(s):
+        best[row["step"]] = min(best.get(row["step"], math.inf), row["posthoc_loss"])
+    out += [tuning.Record(run.method, "posthoc_best", h, run.peak_value, run.seed, v)
+            for h, v in best.items()]
+    merged = checkpoint.read_json(run_dir / "merges.json") or {}
+    out += [tuning.Record(run.method, name, int(h), run.peak_value, run.seed, v)
+            for name, by_h in merged.items() for h, v in by_h.items()]
+  return out
 
 
-def run_finished(run_dir: epath.Path, total_steps: int) -> bool:
-  last = loop.last_evaluation(checkpoint.main_dir(run_dir))
-  return bool(last) and last["step"] >= total_steps
+def _candidates(run: PlannedRun, s: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """What the report shows of a run: the last iterate of baselines and decay branches, the
+  headline EMA (and LAWA, raw) of the anytime runs, Schedule-Free's evaluation point."""
+  if run.method == "schedule_free":
+    return ("schedule_free",)
+  if run.method in BASELINES or run.spec.start is not None or run.method == "wsd_s":
+    return ("raw",)
+  if run.method == "constant":
+    return ("raw", naming.ema_name(s.headline_ema), "lawa")
+  return (naming.ema_name(s.headline_ema),)
 
 
-def run_suite(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs every run of the suite not yet finished, then writes and prints the report."""
-  runs = plan(config)  # validates everything before any training starts
+# ---------------------------------------------------------------------------- evaluation
+
+
+def posthoc_and_merges(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict
+                       ) -> None:
+  """Post-hoc power EMAs and checkpoint merges of the constant runs, at every horizon."""
+  s = config.suite
+  for run in planned:
+    if run.method != "constant" or not batched.finished(run.spec):
+      continue
+    run_dir = run.spec.directory.parent
+    if s.posthoc_sigma_rels and not (run_dir / "posthoc" / "table.json").exists():
+      posthoc_eval.run(str(run_dir), steps=horizons(s), sigma_rels=list(s.posthoc_sigma_rels),
+                       quiet=True)
+    if s.merge_last and not (run_dir / "merges.json").exists():
+      _merge(run, config)
+
+
+def _merge(run: PlannedRun, config: ml_collections.ConfigDict) -> None:
+  s = config.suite
+  trained = loop.build_run(run.spec.config, run.spec.directory.parent)
+  store = checkpoint.CheckpointStore(run.spec.directory, read_only=True)
+  saved = store.all_steps()
+  store.close()
+  results: dict[str, dict[int, float]] = {}
+  for k in s.merge_last:
+    for kind in ("uniform", "ema"):
+      name = f"merge_{kind}_{k}"
+      for h in horizons(s):
+        steps = merging.last_steps(saved, h, k)
+        if len(steps) < k:
+          continue
+        weights = (merging.uniform_weights(k) if kind == "uniform"
+                   else merging.ema_weights(k, s.merge_ema_alpha))
+        params = merging.merge_checkpoints(run.spec.directory, steps, weights,
+                                           trained.abstract_state.params)
+        results.setdefault(name, {})[h] = trained.validation_loss(params)
+  checkpoint.write_json(run.spec.directory.parent / "merges.json", results)
+
+
+# ---------------------------------------------------------------------------- the suite
+
+
+def _manifest(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return dict(suite=config.suite.to_dict(), base=json.loads(config.base.to_json_best_effort()))
+
+
+def _facts(config: ml_collections.ConfigDict, workdir: epath.Path) -> verdict.SuiteFacts:
+  base, s = config.base, config.suite
+  tokenizer = data_lib.build_tokenizer(base.data, str(workdir))
+  model = base.model.to_dict()
+  model["vocab_size"] = model["vocab_size"] or tokenizer.padded_vocab_size(
+      base.train.vocab_multiple)
+  model_config = model_lib.ModelConfig(**model)
+  eval_batches = data_lib.make_eval_batches(
+      base.data, tokenizer, seq_len=base.train.seq_len,
+      batch_size=base.train.eval_batch_size or base.train.batch_size,
+      num_batches=base.train.eval_batches)
+  return verdict.SuiteFacts(
+      base_steps=s.base_steps, tokens_per_step=base.train.batch_size * base.train.seq_len,
+      non_embedding_params=model_lib.param_count(model_config, include_embedding=False),
+      total_params=model_lib.param_count(model_config),
+      eval_tokens=int(sum(float(np.sum(b["weights"])) for b in eval_batches)),
+      tuning_seed=TUNING_SEED)
+
+
+def run_suite(config: ml_collections.ConfigDict, workdir: str) -> verdict.Report:
+  """Tunes, re-runs with seeds, evaluates and reports; skips whatever is done already."""
+  validate(config)  # everything is checked before any training starts
   workdir = epath.Path(workdir)
-  manifest = dict(suite=config.suite.to_dict(), base_steps=config.suite.base_steps,
-                  tokens_per_step=config.base.train.batch_size * config.base.train.seq_len,
-                  runs=[dict(name=r["name"], method=r["method"], peak_value=r["peak_value"],
-                             horizon=r["horizon"],
-                             schedule=r["config"].optimizer.schedule.to_dict())
-                        for r in runs])
   stored = checkpoint.read_json(workdir / "suite.json")
-  if stored is not None and stored["runs"] != json.loads(json.dumps(manifest["runs"])):
-    raise ValueError(f"{workdir} holds a different suite (suite.json differs); use a new workdir")
-  checkpoint.write_json(workdir / "suite.json", manifest)
+  if stored is not None and stored != json.loads(json.dumps(_manifest(config))):
+    raise ValueError(f"--workdir {workdir} holds a different suite (suite.json differs); use "
+                     "a new workdir")
+  checkpoint.write_json(workdir / "suite.json", _manifest(config))
+  s = config.suite
+  logging.getLogger("absl").setLevel(logging.WARNING)
   started = time.perf_counter()
-  for i, run in enumerate(runs):
-    run_dir = workdir / "runs" / run["name"]
-    if run_finished(run_dir, run["config"].train.total_steps):
-      print(f"[suite] {i + 1}/{len(runs)} {run['name']}: finished earlier, skipped", flush=True)
-      continue
-    print(f"[suite] {i + 1}/{len(runs)} {run['name']} ({run['config'].train.total_steps} steps)",
-          flush=True)
-    branches.train(run["config"], str(run_dir))
-  for run in runs:
-    run_dir = workdir / "runs" / run["name"]
-    if (run["config"].train.snapshot_every and (checkpoint.main_dir(run_dir) / "snapshots").exists()
-        and not (run_dir / "posthoc" / "table.json").exists()):
-      from anytime.experiments import posthoc_eval  # pylint: disable=g-import-not-at-top
-
-      print(f"[suite] post-hoc averages of {run['name']} at every horizon", flush=True)
-      horizons = sorted(config.suite.base_steps * m for m in config.suite.multipliers)
-      posthoc_eval.run(str(run_dir), steps=horizons,
-                       sigma_rels=list(config.suite.posthoc_sigma_rels))
-  elapsed = time.perf_counter() - started
+  grid = initial_grid(s)
+  lrs: dict[tuple[str, int | None], set[float]] = {}
+  for method in s.baselines:
+    for h in horizons(s):
+      lrs[(method, h)] = set(grid)
+  for method in s.methods:
+    lrs[(method, None)] = set(grid)
+  seeds_tuning = [TUNING_SEED]
+  for round_ in range(s.max_extensions + 1):
+    planned = plan_runs(config, workdir, {k: sorted(v) for k, v in lrs.items()}, seeds_tuning)
+    constant = [p for p in planned if p.method == "constant"]
+    planned += plan_branches(config, constant)
+    train_all(planned, config, workdir, f"tuning round {round_ + 1}")
+    posthoc_and_merges(planned, config)
+    records = records_of(planned, config)
+    extensions = tuning.planned_extensions(
+        records, tuning_seed=TUNING_SEED, initial_grids=_initial_grids(s),
+        per_horizon_methods=BASELINES, factor=s.lr_factor, max_extensions=s.max_extensions)
+    extensions = _by_run(extensions)
+    if not any(set(v) - lrs.get(k, set()) for k, v in extensions.items()):
+      break
+    for key, values in extensions.items():
+      lrs.setdefault(key, set()).update(values)
+  choices = tuning.choose_all(records, tuning_seed=TUNING_SEED, per_horizon_methods=BASELINES)
+  chosen: dict[tuple[str, int | None], set[float]] = {}
+  for column, choice in choices.items():
+    method = _run_method(column.method)
+    for h, optimum in choice.optima.items():
+      chosen.setdefault((method, h if method in BASELINES else None), set()).add(optimum.lr)
+  seeds = [seed for seed in range(s.seeds) if seed != TUNING_SEED]
+  if seeds:
+    reruns = plan_runs(config, workdir, {k: sorted(v) for k, v in chosen.items()}, seeds)
+    reruns += plan_branches(config, [p for p in reruns if p.method == "constant"])
+    train_all(reruns, config, workdir, "seeds")
+    posthoc_and_merges(reruns, config)
+    planned += reruns
   timing = checkpoint.read_json(workdir / "timing.json") or {"seconds": 0.0}
-  timing["seconds"] += elapsed
+  timing["seconds"] += time.perf_counter() - started
   checkpoint.write_json(workdir / "timing.json", timing)
+  checkpoint.write_json(workdir / "records.json", dict(records=[
+      r._asdict() for r in records_of(planned, config)]))
   return write_report(str(workdir))
 
 
-# ---------------------------------------------------------------------------- report
+def _initial_grids(s: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
+  grid = initial_grid(s)
+  methods = list(s.baselines) + list(s.methods)
+  methods += [wsd_method(shape, final) for shape, final in s.wsd_variants]
+  return {m: grid for m in methods}
 
 
-def _evals(run_dir: epath.Path) -> dict[int, dict[str, float]]:
-  return {m["step"]: m for m in loop.read_metrics(run_dir) if naming.is_eval_record(m)}
+def _run_method(method: str) -> str:
+  """The run a column's method is trained by (WSD branches come from the constant runs)."""
+  return "constant" if method.startswith("wsd_") and method != "wsd_s" else method
 
 
-def collect(workdir: str | epath.Path) -> dict[str, Any]:
-  """Reads the stored metrics of a suite into per-horizon results for each column."""
+def _by_run(extensions: Mapping[tuple[str, int | None], Sequence[float]]
+            ) -> dict[tuple[str, int | None], set[float]]:
+  out: dict[tuple[str, int | None], set[float]] = {}
+  for (method, h), values in extensions.items():
+    out.setdefault((_run_method(method), h), set()).update(values)
+  return out
+
+
+def write_report(workdir: str) -> verdict.Report:
+  """Writes ``report/`` from the stored records and prints the table."""
   workdir = epath.Path(workdir)
   manifest = checkpoint.read_json(workdir / "suite.json")
-  if manifest is None:
-    raise FileNotFoundError(f"--workdir {workdir} holds no suite (no suite.json); run "
-                            "`python -m anytime.main compare --config ... --workdir` first")
-  s = manifest["suite"]
-  horizons = sorted(s["base_steps"] * m for m in s["multipliers"])
-  tokens_per_step = manifest["tokens_per_step"]
-  headline = naming.ema_name(s["headline_ema"])
-  emas = [naming.ema_name(f) for f in s["ema_factors"]]
-  columns: dict[str, dict[int, float]] = {}
-  spent: dict[str, int] = {}
-  chosen_lr: dict[str, float] = {}
-  curves: dict[str, list[tuple[int, float]]] = {}
-  posthoc_choice: dict[str, dict[int, float]] = {}
-
-  # Cosine envelope: best LR per horizon (last iterate).
-  cosine = {}
-  for run in manifest["runs"]:
-    if run["method"] != "cosine":
-      continue
-    evals = _evals(checkpoint.main_dir(workdir / "runs" / run["name"]))
-    if run["horizon"] in evals:
-      loss = evals[run["horizon"]]["eval_loss/raw"]
-      best = cosine.get(run["horizon"])
-      if best is None or loss < best[0]:
-        cosine[run["horizon"]] = (loss, run["peak_value"])
-  columns["cosine"] = {h: v[0] for h, v in cosine.items()}
-  cosine_lrs = {h: v[1] for h, v in cosine.items()}
-  num_cosine_lrs = len(s["cosine_peak_values"])
-  spent["cosine"] = sum(horizons) * tokens_per_step
-  spent["cosine (whole LR grid)"] = sum(horizons) * tokens_per_step * num_cosine_lrs
-
-  def at_horizons(evals, key):
-    return {h: evals[h][key] for h in horizons if h in evals and key in evals[h]}
-
-  def pick_lr(method, key):
-    """The anytime method's one LR for all horizons: lowest mean loss over horizons."""
-    best = None
-    for run in manifest["runs"]:
-      if run["method"] != method:
-        continue
-      evals = _evals(checkpoint.main_dir(workdir / "runs" / run["name"]))
-      values = at_horizons(evals, key)
-      if len(values) == len(horizons):
-        score = float(np.mean(list(values.values())))
-        if best is None or score < best[0]:
-          best = (score, run, evals)
-    return best
-
-  longest = horizons[-1]
-  for method in ANYTIME_RUNS:
-    best = pick_lr(method, f"eval_loss/{headline}")
-    if best is None:
-      continue
-    _, run, evals = best
-    label = method
-    chosen_lr[label] = run["peak_value"]
-    columns[f"{label}+{headline}"] = at_horizons(evals, f"eval_loss/{headline}")
-    columns[f"{label}+ema_best"] = {
-        h: min(evals[h][f"eval_loss/{e}"] for e in emas if f"eval_loss/{e}" in evals[h])
-        for h in horizons if h in evals}
-    spent[f"{label}+{headline}"] = longest * tokens_per_step
-    curves[f"{label}+{headline}"] = sorted(
-        (step, m[f"eval_loss/{headline}"]) for step, m in evals.items()
-        if f"eval_loss/{headline}" in m)
-    curves[f"{label} (raw)"] = sorted((step, m["eval_loss/raw"]) for step, m in evals.items())
-    posthoc_rows = checkpoint.read_json(workdir / "runs" / run["name"] / "posthoc" / "table.json")
-    if posthoc_rows:
-      best_posthoc = {}
-      for row in posthoc_rows:
-        if row["target"] == "sigma_rel" and row["step"] in horizons:
-          current = best_posthoc.get(row["step"])
-          if current is None or row["posthoc_loss"] < current[0]:
-            best_posthoc[row["step"]] = (row["posthoc_loss"], row["value"])
-      columns[f"{label}+posthoc_best"] = {h: v[0] for h, v in best_posthoc.items()}
-      posthoc_choice[label] = {h: v[1] for h, v in best_posthoc.items()}
-    if method == "constant":
-      columns["constant (raw)"] = at_horizons(evals, "eval_loss/raw")
-      if any("eval_loss/lawa" in m for m in evals.values()):
-        columns["lawa"] = at_horizons(evals, "eval_loss/lawa")
-      wsd = {}
-      cooldown_total = 0
-      for h in horizons:
-        branch = checkpoint.branch_dir(workdir / "runs" / run["name"],
-                                       naming.branch_name(s["wsd_shape"], h))
-        branch_evals = _evals(branch)
-        if h in branch_evals:
-          wsd[h] = branch_evals[h]["eval_loss/raw"]
-          lineage = checkpoint.read_json(branch / "lineage.json") or {}
-          cooldown_total += lineage.get("cooldown_steps", 0)
-      if wsd:
-        columns["wsd"] = wsd
-        spent["wsd"] = (longest + cooldown_total) * tokens_per_step
-  for method, key, label in (("wsd_s", "eval_loss/raw", "wsd_s"),
-                             ("schedule_free_adamw", "eval_loss/schedule_free", "schedule_free")):
-    best = pick_lr(method, key)
-    if best is None:
-      continue
-    _, run, evals = best
-    chosen_lr[label] = run["peak_value"]
-    columns[label] = at_horizons(evals, key)
-    spent[label] = longest * tokens_per_step
-    curves[label] = sorted((step, m[key]) for step, m in evals.items() if key in m)
-  return dict(horizons=horizons, base_steps=s["base_steps"], tokens_per_step=tokens_per_step,
-              columns=columns, spent=spent, chosen_lr=chosen_lr, cosine_lrs=cosine_lrs,
-              curves=curves, posthoc_choice=posthoc_choice, manifest=manifest)
-
-
-def table_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-  """One row per horizon: each column's loss and its delta to the cosine envelope."""
-  rows = []
-  for h in results["horizons"]:
-    row = dict(horizon=f"{h // results['base_steps']}x", steps=h,
-               tokens=h * results["tokens_per_step"])
-    reference = results["columns"]["cosine"].get(h)
-    for name, values in results["columns"].items():
-      if h in values:
-        row[name] = round(values[h], 4)
-        if name != "cosine" and reference is not None:
-          row[f"{name} - cosine"] = round(values[h] - reference, 4)
-    rows.append(row)
-  return rows
-
-
-def markdown_table(results: Mapping[str, Any]) -> str:
-  """The Figure-2-style table: loss (delta to cosine) per horizon and method."""
-  names = list(results["columns"])
-  lines = ["| horizon | steps | tokens | " + " | ".join(names) + " |",
-           "|---|---:|---:|" + "---:|" * len(names)]
-  for row in table_rows(results):
-    cells = []
-    for name in names:
-      if name not in row:
-        cells.append("–")
-      elif name == "cosine":
-        cells.append(f"{row[name]:.4f}")
-      else:
-        cells.append(f"{row[name]:.4f} ({row[name + ' - cosine']:+.4f})")
-    lines.append(f"| {row['horizon']} | {row['steps']} | {row['tokens']:,} | " +
-                 " | ".join(cells) + " |")
-  spent = results["spent"]
-  lines.append("")
-  lines.append("Tokens spent for all horizons: " + "; ".join(
-      f"{name} {value:,}" for name, value in spent.items()) + ".")
-  if results["chosen_lr"]:
-    lines.append("Peak LR of each anytime method (one for all horizons): " + ", ".join(
-        f"{k} {v:g}" for k, v in results["chosen_lr"].items()) + "; cosine, tuned per horizon: " +
-        ", ".join(f"{h}: {v:g}" for h, v in results["cosine_lrs"].items()) + ".")
-  for label, choice in results.get("posthoc_choice", {}).items():
-    lines.append(f"Best post-hoc sigma_rel of {label} per horizon (reconstructed after training "
-                 "from two tracked power EMAs): " +
-                 ", ".join(f"{h}: {v:g}" for h, v in sorted(choice.items())) + ".")
-  return "\n".join(lines)
-
-
-def write_report(workdir: str) -> dict[str, Any]:
-  """Writes ``report/`` (table as CSV, JSON, Markdown; two PNGs) and prints the table."""
-  results = collect(workdir)
-  out = epath.Path(workdir) / "report"
-  if jax.process_index() != 0:
-    return results
-  out.mkdir(parents=True, exist_ok=True)
-  rows = table_rows(results)
-  fields = sorted({k for row in rows for k in row}, key=lambda k: list(rows[0]).index(k)
-                  if k in rows[0] else 999)
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=fields)
-  writer.writeheader()
-  writer.writerows(rows)
-  (out / "table.csv").write_text(buffer.getvalue())
-  (out / "table.json").write_text(json.dumps(
-      dict(rows=rows, tokens_spent=results["spent"], chosen_lr=results["chosen_lr"],
-           cosine_lrs={str(k): v for k, v in results["cosine_lrs"].items()}), indent=2))
-  table = markdown_table(results)
-  timing = checkpoint.read_json(epath.Path(workdir) / "timing.json")
-  if timing:
-    table += f"\nWall time of the suite's runs: {timing['seconds'] / 60:.1f} min."
-  (out / "table.md").write_text(table + "\n")
-  _plot_losses(results, out / "loss_vs_tokens.png")
-  _plot_schedules(results, out / "schedules.png")
-  print(table)
-  print(f"\nReport: {out}/table.md, table.csv, table.json, loss_vs_tokens.png, schedules.png")
-  return results
-
-
-def _plot_losses(results, path):
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-
-  tps = results["tokens_per_step"]
-  fig = Figure(figsize=(7.5, 4.8))
-  ax = fig.subplots()
-  envelope = sorted(results["columns"]["cosine"].items())
-  ax.plot([h * tps for h, _ in envelope], [v for _, v in envelope], "k-o", lw=2,
-          label="cosine envelope (tuned per horizon)", zorder=5)
-  for name, curve in results["curves"].items():
-    if not curve:
-      continue
-    steps, losses = zip(*[(s, l) for s, l in curve if s >= results["base_steps"] // 2])
-    ax.plot(np.array(steps) * tps, losses, "--" if "raw" in name else "-", label=name,
-            alpha=0.5 if "raw" in name else 0.9)
-  for name in ("wsd", "lawa"):
-    if name in results["columns"]:
-      pts = sorted(results["columns"][name].items())
-      ax.plot([h * tps for h, _ in pts], [v for _, v in pts], "s" if name == "wsd" else "^",
-              label=f"{name} (at each horizon)", ms=7)
-  ax.set_xscale("log")
-  ax.set_xlabel("tokens")
-  ax.set_ylabel("validation loss (nats/token)")
-  ax.set_title("One anytime run vs cosine tuned per horizon")
-  ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  with epath.Path(path).open("wb") as f:
-    fig.savefig(f, dpi=130)
-
-
-def _plot_schedules(results, path):
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-
-  fig = Figure(figsize=(7.5, 4.2))
-  ax = fig.subplots()
-  longest = results["horizons"][-1]
-  steps = np.arange(0, longest + 1)
-  shown = set()
-  for run in results["manifest"]["runs"]:
-    method = run["method"]
-    if method == "cosine" and results["cosine_lrs"].get(run["horizon"]) != run["peak_value"]:
-      continue
-    if method != "cosine" and results["chosen_lr"].get(
-        {"schedule_free_adamw": "schedule_free"}.get(method, method)) != run["peak_value"]:
-      continue
-    schedule = schedules.from_config(run["schedule"])
-    values = np.asarray(jax.vmap(schedule)(steps[:run["horizon"] + 1]))
-    label = method if method not in shown else None
-    shown.add(method)
-    ax.plot(steps[:run["horizon"] + 1], values, label=label,
-            color="k" if method == "cosine" else None, alpha=0.6 if method == "cosine" else 0.9)
-    if method == "constant":
-      s = results["manifest"]["suite"]
-      for h in results["horizons"]:
-        cooldown = naming.cooldown_steps(s["wsd_cooldown_fraction"], h)
-        branch = schedules.decay_branch(schedule, h - cooldown, cooldown, s["wsd_shape"],
-                                        s["wsd_final_fraction"])
-        xs = np.arange(h - cooldown, h + 1)
-        ax.plot(xs, np.asarray(jax.vmap(branch)(xs)), ":", color="tab:red",
-                label="wsd branches" if h == results["horizons"][0] else None)
-  ax.set_xlabel("step")
-  ax.set_ylabel("learning rate")
-  ax.set_title("Schedules used (chosen peak LRs)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  with epath.Path(path).open("wb") as f:
-    fig.savefig(f, dpi=130)
+  stored = checkpoint.read_json(workdir / "records.json")
+  if manifest is None or stored is None:
+    raise FileNotFoundError(f"--workdir {workdir} holds no finished suite (no suite.json or "
+                            "records.json); run `python -m anytime.main compare --config ... "
+                            "--workdir` first")
+  config = ml_collections.ConfigDict(dict(
+      base=config_lib.default_config(), suite=default_suite()))
+  config.base.unlock()
+  config.base.update(ml_collections.ConfigDict(manifest["base"]))
+  config.suite.update(manifest["suite"])
+  records = [tuning.Record(**r) for r in stored["records"]]
+  report = verdict.build_report(records, _facts(config, workdir),
+                                families=tuple(config.suite.baselines),
+                                per_horizon_methods=BASELINES)
+  if jax.process_index() == 0:
+    paths = verdict.write_report(workdir / "report", report)
+    text = verdict.report_markdown(report)
+    timing = checkpoint.read_json(workdir / "timing.json")
+    if timing:
+      text += f"\nWall time of the suite: {timing['seconds'] / 60:.1f} min.\n"
+      paths["table.md"].write_text(text)
+    print(text)
+    print(f"Report: {workdir / 'report'}/ ({', '.join(sorted(paths))})")
+  return report
 
 
 def reference_table(csv_path: str, model: str = "150M") -> str:
   """The seed paper's published Figure 2 losses as a Markdown table with deltas to cosine."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+
   path = epath.Path(csv_path)
   if not path.exists():
     raise FileNotFoundError(f"reference table {csv_path} does not exist")

@@ -23,8 +23,11 @@ from anytime import config as config_lib
 
 
 def run(workdir: str, *, steps: Sequence[int], sigma_rels: Sequence[float],
-        anytime_factor: float = 25.0) -> list[dict[str, Any]]:
-  """Reconstructs, evaluates and reports; returns the table rows."""
+        anytime_factor: float = 25.0, quiet: bool = False) -> list[dict[str, Any]]:
+  """Reconstructs, evaluates and reports; returns the table rows.
+
+  ``quiet``: the table goes to the report files only, not to the console (the suite).
+  """
   config = config_lib.stored_config(workdir)
   config_lib.validate_config(config)
   snapshot_dir = str(checkpoint.main_dir(workdir) / "snapshots")
@@ -60,18 +63,19 @@ def run(workdir: str, *, steps: Sequence[int], sigma_rels: Sequence[float],
         row["tracked_loss"] = direct[tracked_name]
         row["posthoc_minus_tracked"] = row["posthoc_loss"] - direct[tracked_name]
       rows.append(row)
-      print(f"[posthoc] step {step} {kind}={value:g}: loss {row['posthoc_loss']:.4f} "
-            f"(fit error {fit_error:.1e})" + (f", tracked {row['tracked_loss']:.4f}"
-                                              if "tracked_loss" in row else ""), flush=True)
+      if not quiet:
+        print(f"[posthoc] step {step} {kind}={value:g}: loss {row['posthoc_loss']:.4f} "
+              f"(fit error {fit_error:.1e})" + (f", tracked {row['tracked_loss']:.4f}"
+                                                if "tracked_loss" in row else ""), flush=True)
     if "raw" in direct:
       rows.append(dict(step=step, target="raw", value=0.0, fit_error=0.0,
                        posthoc_loss=direct["raw"]))
   store.close()
-  _write(epath.Path(workdir) / "posthoc", rows, sigma_rels)
+  _write(epath.Path(workdir) / "posthoc", rows, sigma_rels, quiet)
   return rows
 
 
-def _write(out: epath.Path, rows, sigma_rels) -> None:
+def _write(out: epath.Path, rows, sigma_rels, quiet: bool) -> None:
   if jax.process_index() != 0:
     return
   out.mkdir(parents=True, exist_ok=True)
@@ -107,4 +111,5 @@ def _write(out: epath.Path, rows, sigma_rels) -> None:
   fig.tight_layout()
   with (out / "loss_vs_sigma_rel.png").open("wb") as f:
     fig.savefig(f, dpi=130)
-  print("\n".join(lines))
+  if not quiet:
+    print("\n".join(lines))

@@ -17,22 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from anytime import averaging
+from anytime import averaging, parallel
 from anytime.theory._checks import integer
 from anytime.theory.river_valley.models import METRIC_NAMES, LabModel, Params
 
-# XLA's CPU backend in jaxlib 0.10.2 miscompiles some of its YNNPACK ("__ynn_fusion") fusions:
-# for ``1 + sum(p[None] * x, -1)`` with x f32[9, 4032, 64] the rows i >= 8 come out equal to
-# rows i - 8 (tests/test_vmap_copies.py reproduces it). vmap over >= 9 parameter copies of a loss
-# that multiplies them with a shared constant builds exactly that fusion. These compiler options
-# turn the YNNPACK fusions off for one jitted function; other backends ignore them.
-_CPU_SAFE_COMPILER_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
-
-
-def jit_over_copies(fn: Callable) -> Callable:
-  """``jax.jit(jax.vmap(fn))``, safe on CPU for any number of copies (see above)."""
-  options = dict(_CPU_SAFE_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
-  return jax.jit(jax.vmap(fn), compiler_options=options)
+jit_over_copies = parallel.jit_over_copies
 
 
 def top_hessian_eigenpair(
