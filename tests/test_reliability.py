@@ -570,3 +570,119 @@ def test_tpu_launcher_dry_run_prints_commands_and_never_calls_gcloud(tmp_path: P
                        env=env, capture_output=True, text=True, timeout=60, check=False)
   assert bad.returncode != 0 and "--name" in bad.stderr
   assert not calls.exists()
+
+
+# ------------------------------------------------------------------------------ locks
+
+_HOLD_LOCK = """
+import sys, time
+from anytime import checkpoint
+lock = checkpoint.DirectoryLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _lock_holder(directory: Path) -> subprocess.Popen:
+  proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(directory)], cwd=REPO,
+                          env=subprocess_env(), stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "locked"
+  return proc
+
+
+def test_directory_lock_is_exclusive_and_names_the_holder(tmp_path: Path):
+  """A second taker is refused at once with the holder's pid and host; a holder killed with
+  SIGKILL leaves no stale lock; a released lock can be taken again."""
+  directory = tmp_path / "run" / "main"
+  holder = _lock_holder(directory)
+  try:
+    with pytest.raises(checkpoint.WorkdirLocked, match=rf"in use by pid {holder.pid} on host "):
+      checkpoint.DirectoryLock(directory).acquire()
+  finally:
+    holder.kill()
+    holder.wait()
+  with checkpoint.DirectoryLock(directory) as lock:  # the dead holder's lock is gone
+    assert json.loads((directory / ".lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(checkpoint.WorkdirLocked, match=rf"pid {os.getpid()}"):
+      checkpoint.DirectoryLock(directory).acquire()
+  assert not lock.held
+  checkpoint.DirectoryLock(directory).acquire().release()
+
+
+def test_remote_lock_file_stale_detection(tmp_path: Path, monkeypatch):
+  """The lock-file variant (gs:// workdirs): a live holder refuses; a dead holder on this host,
+  or a holder that stopped refreshing, is stale and taken over."""
+  monkeypatch.setattr(checkpoint, "_is_local", lambda path: False)
+  monkeypatch.setattr(checkpoint.time, "sleep", lambda s: None)
+  directory = tmp_path / "main"
+  directory.mkdir()
+  host = checkpoint.socket.gethostname()
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    record = dict(pid=sleeper.pid, host=host, start_time=time.time(), updated=time.time())
+    (directory / ".lock").write_text(json.dumps(record))
+    with pytest.raises(checkpoint.WorkdirLocked, match=f"pid {sleeper.pid}"):
+      checkpoint.DirectoryLock(directory).acquire()
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  lock = checkpoint.DirectoryLock(directory).acquire()  # that pid is dead now: stale
+  assert json.loads((directory / ".lock").read_text())["pid"] == os.getpid()
+  lock.release()
+  assert not (directory / ".lock").exists()
+  (directory / ".lock").write_text(json.dumps(dict(pid=1, host="elsewhere", start_time=0,
+                                                   updated=time.time())))
+  with pytest.raises(checkpoint.WorkdirLocked, match="host elsewhere"):
+    checkpoint.DirectoryLock(directory).acquire()
+  (directory / ".lock").write_text(json.dumps(dict(pid=1, host="elsewhere", start_time=0,
+                                                   updated=time.time() - 3600)))
+  checkpoint.DirectoryLock(directory).acquire().release()
+
+
+# ------------------------------------------------------------------------------ writability
+
+
+def _immutable(path: Path) -> bool:
+  """Sets the immutable flag (unwritable even for root); False where chattr is not allowed."""
+  result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False) \
+      if shutil.which("chattr") else None
+  return bool(result) and result.returncode == 0
+
+
+def test_check_writable_names_the_path(tmp_path: Path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  with pytest.raises(NotADirectoryError, match=f"--workdir: {blocker} exists and is not a"):
+    checkpoint.check_writable(blocker)
+  with pytest.raises(PermissionError, match=f"--workdir: cannot write to {blocker}/run"):
+    checkpoint.check_writable(blocker / "run")
+  checkpoint.check_writable(tmp_path / "new" / "dir")
+  assert (tmp_path / "new" / "dir").is_dir() and not list((tmp_path / "new" / "dir").iterdir())
+
+
+def test_save_into_an_immutable_directory_fails_at_once(tmp_path: Path):
+  """Orbax alone waits ~300 s and then raises a TimeoutError naming no path."""
+  directory = tmp_path / "main"
+  store = checkpoint.CheckpointStore(directory, async_save=True)
+  if not _immutable(directory):
+    store.close()
+    pytest.skip("chattr +i is not permitted here")
+  try:
+    start = time.monotonic()
+    with pytest.raises(PermissionError, match=f"checkpoint directory: cannot write to "
+                                              f"{directory}"):
+      store.save(1, {"x": np.zeros(3)})
+    assert time.monotonic() - start < 10
+  finally:
+    subprocess.run(["chattr", "-i", str(directory)], check=True)
+    store.close()
+
+
+def test_checkpoint_format_version_is_recorded_and_checked(tmp_path: Path):
+  directory = tmp_path / "main"
+  checkpoint.CheckpointStore(directory).close()
+  record = json.loads((directory / checkpoint.FORMAT_FILE).read_text())
+  assert record == {"format": checkpoint.FORMAT_VERSION, "orbax": checkpoint.ocp.__version__}
+  (directory / checkpoint.FORMAT_FILE).write_text(json.dumps({"format": 99, "orbax": "9.9"}))
+  with pytest.raises(ValueError, match="holds checkpoints of format 99 .*orbax-checkpoint 9.9"):
+    checkpoint.CheckpointStore(directory, read_only=True)
