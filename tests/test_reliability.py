@@ -686,3 +686,151 @@ def test_checkpoint_format_version_is_recorded_and_checked(tmp_path: Path):
   (directory / checkpoint.FORMAT_FILE).write_text(json.dumps({"format": 99, "orbax": "9.9"}))
   with pytest.raises(ValueError, match="holds checkpoints of format 99 .*orbax-checkpoint 9.9"):
     checkpoint.CheckpointStore(directory, read_only=True)
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+ONE_LINE_CASES = {
+    "missing config": (["--config", "{tmp}/missing.py"], None, "--config {tmp}/missing.py: no such file"),
+    "broken config": (["--config", "{tmp}/cfg.py"], "def get_config(:\n",
+                      "--config {tmp}/cfg.py:1: SyntaxError"),
+    "config returns None": (["--config", "{tmp}/cfg.py"], "def get_config():\n  return None\n",
+                            "get_config() returned NoneType, not an ml_collections.ConfigDict"),
+    "partial config": (["--config", "{tmp}/cfg.py"],
+                       "import ml_collections\ndef get_config():\n  return ml_collections."
+                       "ConfigDict(dict(train=dict(total_steps=5)))\n", "the config lacks "),
+    "config raises": (["--config", "{tmp}/cfg.py"], "def get_config():\n  return nope\n",
+                      "get_config() failed: NameError"),
+    "main is a file": (["--config", str(REPO / "configs/lm_tiny.py"), "--workdir", "{tmp}/w"],
+                       None, "{tmp}/w/main exists and is not a directory"),
+    "posthoc --step abc": (["posthoc", "--step", "abc", "--sigma-rel", "0.1"], None,
+                           "--step takes comma-separated integers, got 'abc'"),
+    "bad list": (["--config", str(REPO / "configs/lm_tiny.py"),
+                  "--config.branches.budgets=[4,8"], None, "expected a list such as"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(ONE_LINE_CASES))
+def test_cli_errors_are_one_line(case: str, tmp_path: Path):
+  """Bad input ends in one line naming what is wrong, never a traceback; nothing is created."""
+  args, config_text, expected = ONE_LINE_CASES[case]
+  if config_text is not None:
+    (tmp_path / "cfg.py").write_text(config_text)
+  (tmp_path / "w").mkdir()
+  (tmp_path / "w" / "main").write_text("a file where the run directory should be")
+  args = [a.format(tmp=tmp_path) for a in args]
+  if "--workdir" not in args:
+    args += ["--workdir", str(tmp_path / "w")]
+  env = {**subprocess_env(), "ANYTIME_TRACEBACK": ""}
+  result = subprocess.run([sys.executable, "-m", "anytime.main", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0
+  errors = [l for l in result.stderr.splitlines() if l.startswith(("error:", "FATAL"))]
+  assert len(errors) == 1 and expected.format(tmp=tmp_path) in errors[0], result.stderr
+  assert "Traceback" not in result.stderr, result.stderr
+  assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+      ["w", "main"] + (["cfg.py"] if config_text is not None else []))
+
+
+def test_cli_list_overrides_and_schedule_switch(monkeypatch):
+  """The README's list overrides parse; a schedule's name and options can be set one by one
+  (options the new schedule does not take are dropped from the file's schedule)."""
+  from anytime import main as cli  # registers the list parser
+
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  argv = ["prog", f"--config={REPO / 'configs/lm_tiny.py'}",
+          "--config.branches.budgets=[400,800]", "--config.train.eval_at=100,200"]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags finds the overrides in sys.argv
+  values(argv)
+  assert values.config.branches.budgets == [400, 800]
+  assert values.config.train.eval_at == [100, 200]
+  argv, schedule = cli._take_free_form(
+      ["prog", "--config.optimizer.schedule.name=inverse_sqrt",
+       "--config.optimizer.schedule.offset", "40", "--config.train.total_steps=3"])
+  assert argv == ["prog", "--config.train.total_steps=3"]
+  assert schedule == {"name": "inverse_sqrt", "offset": 40}
+  config = values.config
+  config.optimizer.schedule = dict(name="cosine", peak_value=3e-3, total_steps=600,
+                                   warmup_steps=5)
+  cli._apply_schedule_overrides(config, schedule)
+  assert config.optimizer.schedule.to_dict() == dict(name="inverse_sqrt", peak_value=3e-3,
+                                                     offset=40, warmup_steps=5)
+  with pytest.raises(AttributeError):  # the rest of the config stays locked
+    config.train.bogus = 1
+  with pytest.raises(ValueError, match="optimizer.schedule.name must be one of"):
+    cli._apply_schedule_overrides(config, {"name": "cosin"})
+
+
+# ------------------------------------------------------------------------------ launchers (2)
+
+
+def test_tpu_launcher_quotes_the_log_dir_and_pins_versions(tmp_path: Path):
+  """A --log-dir with spaces and shell syntax reaches the remote shell as one literal path
+  (the remote command is run here by bash with stub programs); pip gets the constraints file,
+  which pins the tested versions of JAX and Orbax."""
+  evil = str(tmp_path / "my logs; touch PWNED")
+  result = subprocess.run(
+      ["bash", str(REPO / "launch/tpu_vm.sh"), "--dry-run", "--name", "n", "--zone", "z",
+       "--workdir", "gs://b/r", "--config", "configs/lm_tiny.py", "--log-dir", evil],
+      capture_output=True, text=True, timeout=60, check=True)
+  import shlex  # pylint: disable=g-import-not-at-top
+
+  commands = [shlex.split(l) for l in result.stdout.splitlines() if l.startswith("gcloud ")]
+  remote = [a.split("=", 1)[1] for c in commands for a in c if a.startswith("--command=")]
+  install = [c for c in remote if "pip install" in c]
+  assert install and all(c.count("-c launch/constraints.txt") == 2 for c in install), install
+  start = [c for c in remote if "anytime.main" in c][0]
+  stubs = tmp_path / "bin"
+  stubs.mkdir()
+  for name, body in (("pgrep", "exit 1"), ("python3", "echo trainer started")):
+    (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+    (stubs / name).chmod(0o755)
+  (tmp_path / "anytime").mkdir()
+  subprocess.run(["bash", "-c", start], cwd=tmp_path, check=True, timeout=30,
+                 env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"})
+  time.sleep(0.5)  # the stub trainer runs detached
+  assert not (tmp_path / "anytime" / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+  logs = list(Path(evil).glob("*.log"))
+  assert len(logs) == 1 and "trainer started" in logs[0].read_text()
+
+  pins = dict(l.split("==") for l in (REPO / "launch/constraints.txt").read_text().splitlines()
+              if "==" in l and not l.startswith("#"))
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+
+  assert pins["orbax-checkpoint"] == metadata.version("orbax-checkpoint")
+  assert pins["jax"] == jax.__version__
+
+
+_FAKE_TRAINER = """#!/usr/bin/env bash
+for a in "$@"; do case "$a" in --config.distributed.process_id=*) id="${a#*=}" ;; esac; done
+if [[ -n "${FAKE_FAIL:-}" && "$id" == 1 ]]; then exit 3; fi
+trap 'echo "saved"; exit ${FAKE_CODE:-0}' TERM
+echo "process $id training"
+while true; do sleep 0.05; done
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env,want", [({}, 0), ({"FAKE_CODE": "5"}, 5), ({"FAKE_FAIL": "1"}, 3)],
+                         ids=["saved", "child-fails-on-term", "child-fails"])
+def test_local_multiprocess_exit_status(env, want, tmp_path: Path):
+  """SIGTERM is forwarded and the script exits with its children's status: 0 when they saved
+  and exited 0 (it used to exit 143); a failing child stops the others and its status wins."""
+  fake = tmp_path / "fake_python"
+  fake.write_text(_FAKE_TRAINER)
+  fake.chmod(0o755)
+  proc = subprocess.Popen(
+      ["bash", str(REPO / "launch/local_multiprocess.sh"), "-n", "2", "-p", "1", "--",
+       "--workdir", str(tmp_path / "w")], env={**os.environ, "PYTHON": str(fake), **env},
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  if "FAKE_FAIL" not in env:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and sum(
+        "training" in p.read_text() for p in (tmp_path / "w" / "logs").glob("*.log")) < 2:
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=30) == want, proc.stdout.read()
+  if "FAKE_FAIL" not in env:
+    assert all("saved" in p.read_text() for p in (tmp_path / "w" / "logs").glob("*.log"))
