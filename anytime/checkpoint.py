@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -40,20 +41,48 @@ LOCK_FILE = ".lock"
 # Written next to every checkpoint directory's steps; a restore refuses another format.
 FORMAT_FILE = "checkpoint_format.json"
 FORMAT_VERSION = 1
+# Steps retention must keep whatever the other rules say (e.g. the last state before a NaN
+# streak), recorded so that they stay kept after a resume.
+PROTECTED_FILE = "protected_steps.json"
 
 
 def main_dir(workdir: str | epath.Path) -> epath.Path:
   return epath.Path(workdir) / MAIN
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_branch_name(name: str) -> str:
+  """A branch name is one safe path component: it can only ever name a folder directly below
+  ``workdir/branches/`` (no ``/``, ``..``, leading dot or dash, at most 100 characters)."""
+  if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+    raise ValueError(f"branch name (--name) must be letters, digits, '.', '_' or '-' (one folder "
+                     f"name under WORKDIR/branches/, not starting with '.' or '-', no '..', "
+                     f"at most 100 characters), got {name!r}")
+  return name
+
+
 def branch_dir(workdir: str | epath.Path, name: str) -> epath.Path:
-  return epath.Path(workdir) / BRANCHES / name
+  """``workdir/branches/<name>``; ValueError for a name that is not one safe path component."""
+  return epath.Path(workdir) / BRANCHES / check_branch_name(name)
 
 
 def config_hash(config_dict: Mapping[str, Any]) -> str:
   """A short stable hash of a resolved config (for lineage records)."""
   text = json.dumps(config_dict, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _KeepSteps(ocp.checkpoint_managers.PreservationPolicy):
+  """Preserves the steps of a set that may grow while the manager lives."""
+
+  def __init__(self, steps: set[int]):
+    self.steps = steps
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    return [c.step in self.steps for c in checkpoints]
 
 
 class CheckpointStore:
@@ -76,9 +105,10 @@ class CheckpointStore:
     policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep_latest)]
     if keep_period:
       policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_period))
-    keep_steps = sorted(set(int(s) for s in keep_steps))
-    if keep_steps:
-      policies.append(ocp.checkpoint_managers.CustomSteps(steps=keep_steps))
+    stored = read_json(self.directory / PROTECTED_FILE) if not read_only else None
+    self._protected = set((stored or {}).get("steps", []))
+    self._keep = _KeepSteps(set(int(s) for s in keep_steps) | self._protected)
+    policies.append(self._keep)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
@@ -101,6 +131,17 @@ class CheckpointStore:
     if stored is None and write:
       check_writable(self.directory, field="checkpoint directory")
       write_json(path, {"format": FORMAT_VERSION, "orbax": ocp.__version__})
+
+  def protect(self, step: int) -> None:
+    """Retention keeps ``step`` from now on (also after a resume), whatever else it deletes."""
+    if step in self._protected:
+      return
+    self._protected.add(int(step))
+    self._keep.steps.add(int(step))
+    write_json(self.directory / PROTECTED_FILE, {"steps": sorted(self._protected)})
+
+  def protected_steps(self) -> list[int]:
+    return sorted(self._protected)
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())

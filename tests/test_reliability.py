@@ -834,3 +834,51 @@ def test_local_multiprocess_exit_status(env, want, tmp_path: Path):
   assert proc.wait(timeout=30) == want, proc.stdout.read()
   if "FAKE_FAIL" not in env:
     assert all("saved" in p.read_text() for p in (tmp_path / "w" / "logs").glob("*.log"))
+
+
+def test_protected_step_survives_retention_and_resume(tmp_path: Path):
+  """A protected step outlives keep_latest, also in a store opened later (a resumed run)."""
+  state = {"x": np.zeros(3, np.float32)}
+  store = checkpoint.CheckpointStore(tmp_path / "main", keep_latest=2, async_save=False)
+  store.save(1, state)
+  store.save(2, state)
+  store.protect(2)
+  for step in (3, 4, 5):
+    store.save(step, state)
+  assert store.all_steps() == [2, 4, 5]
+  store.close()
+  store = checkpoint.CheckpointStore(tmp_path / "main", keep_latest=2, async_save=False)
+  for step in (6, 7):
+    store.save(step, state)
+  assert store.all_steps() == [2, 6, 7] and store.protected_steps() == [2]
+  store.close()
+
+
+@pytest.mark.parametrize("name", ["../main", "/tmp/elsewhere", "a/b", "..", ".hidden", "-x",
+                                  "x" * 101])
+def test_branch_names_are_one_safe_path_component(name: str, tmp_path: Path):
+  with pytest.raises(ValueError, match=r"branch name \(--name\) must be"):
+    checkpoint.branch_dir(tmp_path, name)
+  assert checkpoint.branch_dir(tmp_path, "1-sqrt_400.v2") == tmp_path / "branches" / \
+      "1-sqrt_400.v2"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["../main", "{outside}"])
+def test_branch_cli_refuses_names_outside_branches(name: str, reference: Path, tmp_path: Path):
+  """`branch --name ../main` used to delete main's checkpoints and replace its metrics, and
+  `--name /some/dir` every numbered folder there: now refused in one line, nothing touched."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  outside = tmp_path / "outside"
+  (outside / "7").mkdir(parents=True)
+  before = file_digests(workdir), file_digests(outside), sorted(os.listdir(outside))
+  result = subprocess.run(
+      [sys.executable, "-m", "anytime.main", "branch", "--workdir", str(workdir),
+       "--from-step", "30", "--cooldown-steps", "5", "--name", name.format(outside=outside)],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith("error: branch name (--name) must be")
+  assert "Traceback" not in result.stderr
+  assert (file_digests(workdir), file_digests(outside), sorted(os.listdir(outside))) == before
+  assert not (workdir / "branches").exists()
