@@ -1,41 +1,46 @@
-"""anytime: horizon-free learning-rate schedules and weight averaging for LM pretraining."""
+"""jax-anytime: horizon-free learning-rate schedules and weight averaging for JAX.
+
+The import name is ``anytime``. The core install (``anytime.schedules``, ``anytime.averaging``)
+needs jax + optax + numpy only; the trainer, data, checkpointing, labs and plots come with the
+extras ``[train]``, ``[labs]`` and ``[dev]``.
+"""
+
+import re
 
 from setuptools import find_packages, setup
 
+with open("anytime/__init__.py", encoding="utf-8") as f:
+  VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+TRAIN = [
+    "flax>=0.12",
+    "orbax-checkpoint>=0.11",
+    "grain>=0.2.12",
+    "ml_collections>=1.0",
+    "absl-py",
+    "etils[epath]",
+    "tokenizers>=0.20",
+    "sentencepiece",
+    "tensorboardX",
+    "matplotlib",
+]
+LABS = ["scipy", "matplotlib", "ml_collections>=1.0", "flax>=0.12"]
+DEV = sorted(set(TRAIN + LABS + [
+    "pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "sphinx>=7",
+]))
+
 setup(
-    name="anytime",
-    version="0.1.0",
+    name="jax-anytime",
+    version=VERSION,
     description=(
-        "Horizon-free (anytime) learning-rate schedules, weight averaging and WSD branches "
-        "for language-model pretraining in JAX/Flax."
+        "Horizon-free (anytime) learning-rate schedules and weight averaging for JAX/optax, "
+        "with a language-model trainer and WSD branches as extras."
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["anytime", "anytime.*"]),
+    package_data={"anytime": ["py.typed"]},
     python_requires=">=3.10",
-    install_requires=[
-        "jax>=0.7",
-        "flax>=0.12",
-        "optax>=0.2.6",
-        "orbax-checkpoint>=0.11",
-        "grain>=0.2.12",
-        "ml_collections>=1.0",
-        "numpy",
-        "matplotlib",
-        "absl-py",
-        "etils[epath]",
-        "tokenizers>=0.20",
-        "sentencepiece",
-        "tensorboardX",
-        "scipy",
-    ],
-    extras_require={
-        "dev": [
-            "pytest",
-            "pytest-xdist",
-            "nbclient",
-            "nbformat",
-            "ipykernel",
-        ],
-    },
+    install_requires=["jax>=0.7", "optax>=0.2.6", "numpy"],
+    extras_require={"train": TRAIN, "labs": LABS, "dev": DEV},
 )

@@ -157,10 +157,11 @@ def _checked_config(example: str):
 
 def _check_schema(config) -> None:
   """A training config must hold every key of the schema (start from default_config())."""
-  from anytime import checkpoint, train  # pylint: disable=g-import-not-at-top
+  from anytime import checkpoint  # pylint: disable=g-import-not-at-top
+  from anytime import config as config_lib  # pylint: disable=g-import-not-at-top
 
   have = set(checkpoint.flatten(config.to_dict()))
-  missing = sorted(k for k in checkpoint.flatten(train.default_config().to_dict())
+  missing = sorted(k for k in checkpoint.flatten(config_lib.default_config().to_dict())
                    if k not in have and not any(k.startswith(h + ".") for h in have)
                    and not k.startswith("optimizer.schedule.")
                    and not k.startswith("optimizer.averages."))
@@ -184,16 +185,16 @@ def main(argv: list[str]) -> None:
     config = _checked_config("configs/lm_tiny.py")
     _check_schema(config)
     _apply_schedule_overrides(config, _SCHEDULE_OVERRIDES)
-    from anytime import train  # pylint: disable=g-import-not-at-top
+    from anytime import branches  # pylint: disable=g-import-not-at-top
 
-    result = train.train_and_evaluate(config, workdir)
+    result = branches.train(config, workdir)
     print({k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
   elif command == "branch":
     if _FROM_STEP.value is None or _COOLDOWN_STEPS.value is None:
       raise app.UsageError("branch needs --from-step and --cooldown-steps")
-    from anytime.experiments import branch  # pylint: disable=g-import-not-at-top
+    from anytime import branches  # pylint: disable=g-import-not-at-top
 
-    result = branch.branch(workdir, from_step=_FROM_STEP.value,
+    result = branches.branch(workdir, from_step=_FROM_STEP.value,
                            cooldown_steps=_COOLDOWN_STEPS.value, shape=_SHAPE.value,
                            final_fraction=_FINAL_FRACTION.value, name=_NAME.value,
                            mode=_MODE.value)
@@ -219,7 +220,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
   from anytime import checkpoint  # pylint: disable=g-import-not-at-top
 
   errors = [ValueError, OSError, checkpoint.WorkdirLocked]
-  trainer = sys.modules.get("anytime.train")
+  trainer = sys.modules.get("anytime.loop")
   if trainer is not None:
     errors.append(trainer.TrainingError)
   return tuple(errors)
@@ -280,7 +281,7 @@ def run() -> None:
                f"{type(e).__name__}: {' '.join(str(e).split())}")
     sys.exit(f"error: one of {', '.join(overrides)} names a config key that does not exist "
              f"({str(e).strip(chr(34))}); the keys and their defaults are in "
-             "anytime/train.py:default_config()")
+             "anytime/config.py:default_config()")
   except Exception as e:  # pylint: disable=broad-except
     if _STARTED:
       raise

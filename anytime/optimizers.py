@@ -14,6 +14,7 @@ method alike.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,12 +48,17 @@ def _matrices_only(params):
 
 
 def build(
-    config: Mapping[str, Any], extra_averages: Mapping[str, averaging.Average] | None = None
+    config: Mapping[str, Any], extra_averages: Mapping[str, averaging.Average] | None = None,
+    *, learning_rate_in_state: bool = False,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns ``(tx, schedule)`` for an optimizer config (see ``default_config``).
 
   ``extra_averages`` are kept next to the configured ones (the trainer adds the post-hoc
-  tracking EMAs there).
+  tracking EMAs there). With ``learning_rate_in_state`` the learning rate is not computed
+  inside the transformation: it is a hyperparameter in the optimizer state
+  (``optax.inject_hyperparams``) that the caller sets before every update with
+  ``set_learning_rate`` (from ``schedule``, evaluated on the host). Then the compiled step does
+  not depend on the schedule, so runs that differ only in their schedule share one program.
   """
   name = config["name"]
   if name not in OPTIMIZERS:
@@ -66,19 +72,28 @@ def build(
   schedule = schedules.from_config(config["schedule"])
   wd, mask = config["weight_decay"], _matrices_only
   if name == "adamw":
-    base = optax.adamw(schedule, b1=config["b1"], b2=config["b2"], eps=config["eps"],
-                       weight_decay=wd, mask=mask)
+    factory = functools.partial(optax.adamw, b1=config["b1"], b2=config["b2"],
+                                eps=config["eps"], weight_decay=wd, mask=mask)
   elif name == "sgd":
-    base = optax.chain(optax.add_decayed_weights(wd, mask),
-                       optax.sgd(schedule, momentum=config["momentum"] or None,
-                                 nesterov=config["nesterov"]))
+    factory = functools.partial(optax.sgd, momentum=config["momentum"] or None,
+                                nesterov=config["nesterov"])
   elif name == "lion":
-    base = optax.lion(schedule, b1=config["b1"], b2=config["b2"], weight_decay=wd, mask=mask)
+    factory = functools.partial(optax.lion, b1=config["b1"], b2=config["b2"], weight_decay=wd,
+                                mask=mask)
   elif name == "schedule_free_adamw":
-    base = optax.contrib.schedule_free_adamw(schedule, b1=config["b1"], b2=config["b2"],
-                                             eps=config["eps"], weight_decay=wd)
+    factory = functools.partial(optax.contrib.schedule_free_adamw, b1=config["b1"],
+                                b2=config["b2"], eps=config["eps"], weight_decay=wd)
   else:
-    base = optax.contrib.schedule_free_sgd(schedule, b1=config["b1"], weight_decay=wd)
+    factory = functools.partial(optax.contrib.schedule_free_sgd, b1=config["b1"],
+                                weight_decay=wd)
+  if learning_rate_in_state:
+    # Only the learning rate becomes a state entry; every other argument stays a constant.
+    base = optax.inject_hyperparams(lambda learning_rate: factory(learning_rate=learning_rate))(
+        learning_rate=0.0)
+  else:
+    base = factory(learning_rate=schedule)
+  if name == "sgd":
+    base = optax.chain(optax.add_decayed_weights(wd, mask), base)
   averages = {
       avg_name: averaging.from_config(spec) for avg_name, spec in dict(config["averages"]).items()
   }
@@ -91,3 +106,9 @@ def build(
   if config["grad_clip_norm"]:
     base = optax.chain(optax.clip_by_global_norm(config["grad_clip_norm"]), base)
   return base, schedule
+
+
+def set_learning_rate(opt_state: Any, learning_rate: jax.Array) -> Any:
+  """The state of a ``build(..., learning_rate_in_state=True)`` transformation with its
+  learning rate set for the next update."""
+  return optax.tree_utils.tree_set(opt_state, learning_rate=learning_rate)

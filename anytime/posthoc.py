@@ -47,6 +47,9 @@ from orbax.checkpoint import checkpoint_managers
 
 from anytime import averaging
 
+__all__ = ["default_tracking", "tracked_averages", "profile", "solve_weights", "SnapshotWriter",
+           "list_snapshots", "load_snapshot", "reconstruct"]
+
 PROFILES_ITEM = "profiles"  # the JSON item of every snapshot step; not allowed as an average name
 FORMAT_VERSION = 1
 TRACKABLE_KINDS = ("power_ema", "anytime_ema")
@@ -85,33 +88,23 @@ def tracked_averages(opt_state: optax.OptState, tracking: Mapping[str, averaging
 
 @dataclasses.dataclass(frozen=True)
 class _Kind:
-  """A per-step weight sequence q(s), s = 1, 2, ...: an average's profile is q / Σ q."""
+  """A per-step weight sequence q(s), s = 1, 2, ...: an average's profile is q / Σ q.
 
-  kind: str  # "power_ema" or "anytime_ema"
-  value: float  # γ or the anytime factor f
-  offset: int = 0  # the average's start_step: q(s) = 0 for s <= offset
+  The sequence comes from the average itself (``Average.log_profile_terms``), shifted by its
+  ``start_step`` (q(s) = 0 for s <= start_step).
+  """
+
+  average: averaging.Average
+
+  @property
+  def offset(self) -> int:
+    return self.average.start_step
 
   def log_weights(self, n: int) -> np.ndarray:
     """log q(s) for s = 1..n, float64 [n]."""
     out = np.full(n, -np.inf)
-    m = n - self.offset  # steps counted from the average's start
-    if m <= 0:
-      return out
-    t = np.arange(1, m + 1, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-      if self.kind == "power_ema":
-        a = self.value + 1.0
-        # s^a − (s−1)^a = s^a · (1 − (1 − 1/s)^a), accurate for all s and a.
-        log_w = a * np.log(t) + np.log(-np.expm1(a * np.log1p(-1.0 / t)))
-        log_w[0] = 0.0
-      elif self.kind == "anytime_ema":
-        rate = self.value * math.log(2.0)  # survival at count t is exp(−rate / (t + 1))
-        partial = np.cumsum(1.0 / (t + 1.0))  # Σ_{j=1..t} 1/(j+1)
-        log_w = np.log(-np.expm1(-rate / (t + 1.0))) + rate * partial
-        log_w[0] = rate * partial[0]  # the first fold copies the iterate (rate 1)
-      else:
-        raise AssertionError(self.kind)
-    out[self.offset:] = log_w
+    if n > self.offset:
+      out[self.offset:] = self.average.log_profile_terms(n - self.offset)
     return out
 
 
@@ -120,8 +113,8 @@ def _kind_of(spec: averaging.Average) -> _Kind:
     raise ValueError(f"tracking: kind must be one of {TRACKABLE_KINDS}, got {spec.kind!r}")
   if spec.every != 1:
     raise ValueError(f"tracking: every must be 1 for post-hoc averages, got {spec.every}")
-  value = spec.gamma if spec.kind == "power_ema" else spec.factor
-  return _Kind(spec.kind, float(value), int(spec.start_step))
+  # The profile does not depend on the stored dtype: one _Kind per (kind, value, start).
+  return _Kind(dataclasses.replace(spec, dtype=jnp.float32))
 
 
 def _cumulative_log_sums(log_w: np.ndarray) -> np.ndarray:
@@ -202,11 +195,11 @@ def _target_kind(gamma, sigma_rel, anytime_factor) -> _Kind:
   if gamma is not None:
     if not isinstance(gamma, (int, float, np.floating)) or not (-1 < gamma < math.inf):
       raise ValueError(f"gamma must be a finite number > -1, got {gamma!r}")
-    return _Kind("power_ema", float(gamma))
+    return _Kind(averaging.PowerEma(gamma=float(gamma)))
   if not isinstance(anytime_factor, (int, float, np.floating)) or not (
       0 < anytime_factor < math.inf):
     raise ValueError(f"anytime_factor must be a positive finite number, got {anytime_factor!r}")
-  return _Kind("anytime_ema", float(anytime_factor))
+  return _Kind(averaging.AnytimeEma(factor=float(anytime_factor)))
 
 
 def profile(
@@ -317,7 +310,7 @@ def solve_weights(
     raise ValueError(f"profile_start_steps must have one entry per profile ({len(gammas)}), "
                      f"got {len(starts)}")
   starts = [_check_int("profile_start_steps[]", s, 0) for s in starts]
-  kinds = [_Kind("power_ema", float(g), s) for g, s in zip(gammas, starts)]
+  kinds = [_Kind(averaging.PowerEma(gamma=float(g), start_step=s)) for g, s in zip(gammas, starts)]
   return _solve_for_kinds(steps, kinds, target_step=target_step, gamma=gamma,
                           sigma_rel=sigma_rel, anytime_factor=anytime_factor,
                           tail_start=tail_start, regularization=regularization)
@@ -367,9 +360,8 @@ def _manager(directory: str, names: Sequence[str], *, keep: int = 0,
 
 
 def _spec_json(spec: averaging.Average) -> dict[str, Any]:
-  kind = _kind_of(spec)
-  return {"kind": kind.kind, "gamma" if kind.kind == "power_ema" else "factor": kind.value,
-          "start_step": kind.offset, "every": spec.every, "dtype": jnp.dtype(spec.dtype).name}
+  _kind_of(spec)
+  return spec.to_config()  # {"kind", "gamma" | "factor", "start_step", "every", "dtype"}
 
 
 class SnapshotWriter:
@@ -561,8 +553,7 @@ def reconstruct(
       if _read_profiles(directory, s, manager) != profiles:
         raise ValueError(f"directory: snapshot {s} stores other averages than snapshot "
                          f"{used_steps[-1]}; write one directory per tracking set")
-    kinds = [_Kind(spec["kind"], float(spec["gamma" if spec["kind"] == "power_ema" else "factor"]),
-                   int(spec["start_step"])) for spec in profiles.values()]
+    kinds = [_kind_of(averaging.from_config(spec)) for spec in profiles.values()]
     weights, fit_error = _solve_for_kinds(
         used_steps, kinds, target_step=target_step, gamma=gamma, sigma_rel=sigma_rel,
         anytime_factor=anytime_factor, tail_start=tail_start, regularization=regularization)

@@ -9,7 +9,8 @@ Every schedule takes ``peak_value`` and an optional linear warmup from
 ``warmup_init_fraction * peak_value`` to ``peak_value`` over ``warmup_steps`` steps. All are
 jit-able and accept a Python int or an integer/float array step. Only jax + optax are imported.
 
-References:
+References::
+
   Meterez et al. 2026, "Anytime pretraining: horizon-free learning-rate schedules with weight
     averaging" (arXiv 2602.03702).
   Hu et al. 2024, "MiniCPM" (WSD schedule, exponential cooldown).
@@ -22,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+__all__ = [
+    "Schedule", "NamedSchedule", "COOLDOWN_SHAPES", "SCHEDULES", "constant", "polynomial_decay",
+    "inverse_sqrt", "anytime_exponent", "cosine", "linear", "cooldown_multiplier",
+    "decay_branch", "wsd", "wsd_s", "cyclic_cosine", "from_config",
+]
 
 Schedule = optax.Schedule
 
@@ -97,19 +105,73 @@ def _with_warmup(
   return _guard_step(optax.join_schedules([warmup, body], [warmup_steps]))
 
 
+class NamedSchedule:
+  """An ``optax.Schedule`` that says what it is: ``inverse_sqrt(peak_value=0.001, ...)``.
+
+  Calling it is calling the schedule (jit-able); equality and hashing are by identity, like a
+  function's.
+  """
+
+  __slots__ = ("_fn", "name", "arguments")
+
+  def __init__(self, fn: Callable[[Any], jax.Array], name: str, arguments: Mapping[str, Any]):
+    self._fn = fn
+    self.name = name
+    self.arguments = dict(arguments)
+
+  def __call__(self, step) -> jax.Array:
+    return self._fn(step)
+
+  def __repr__(self) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items())
+    return f"{self.name}({args})"
+
+
+def _named(factory):
+  """Makes ``factory``'s schedules ``NamedSchedule``s carrying its (bound) arguments."""
+  signature = inspect.signature(factory)
+
+  @functools.wraps(factory)
+  def build(*args, **kwargs):
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return NamedSchedule(factory(*args, **kwargs), factory.__name__, bound.arguments)
+
+  return build
+
+
 # --------------------------------------------------------------------------- horizon-free
 
 
+@_named
 def constant(
     peak_value: float, *, warmup_steps: int = 0, warmup_init_fraction: float = 0.0
 ) -> Schedule:
-  """Constant learning rate after an optional linear warmup."""
+  """Constant learning rate after an optional linear warmup.
+
+  Args:
+    peak_value: the learning rate after warmup (> 0).
+    warmup_steps: length of the linear warmup (0: none).
+    warmup_init_fraction: the warmup starts at this fraction of ``peak_value``.
+
+  Returns:
+    A ``NamedSchedule`` (an ``optax.Schedule``).
+
+  Examples:
+    >>> from anytime import schedules
+    >>> lr = schedules.constant(1e-3, warmup_steps=10)
+    >>> lr
+    constant(peak_value=0.001, warmup_steps=10, warmup_init_fraction=0.0)
+    >>> float(lr(5)), float(lr(100))
+    (0.0005000000237487257, 0.0010000000474974513)
+  """
   peak_value = _check_positive("peak_value", peak_value)
   return _with_warmup(
       optax.constant_schedule(peak_value), peak_value, warmup_steps, warmup_init_fraction
   )
 
 
+@_named
 def polynomial_decay(
     peak_value: float,
     *,
@@ -135,6 +197,7 @@ def polynomial_decay(
   return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
 
 
+@_named
 def inverse_sqrt(
     peak_value: float,
     *,
@@ -142,7 +205,32 @@ def inverse_sqrt(
     warmup_steps: int = 0,
     warmup_init_fraction: float = 0.0,
 ) -> Schedule:
-  """Shifted inverse square root ``peak * sqrt(offset / (s + offset))``, s = t - warmup."""
+  """Shifted inverse square root ``peak * sqrt(offset / (s + offset))``, s = t - warmup.
+
+  Horizon-free: no total step count. The seed paper's LM runs use ``offset`` of about 4x the
+  warmup length.
+
+  Args:
+    peak_value: the learning rate at the end of warmup (> 0).
+    offset: the shift (> 0) of the decay.
+    warmup_steps: length of the linear warmup (0: none).
+    warmup_init_fraction: the warmup starts at this fraction of ``peak_value``.
+
+  Returns:
+    A ``NamedSchedule`` (an ``optax.Schedule``).
+
+  References:
+    Meterez et al. 2026, "Anytime pretraining: horizon-free learning-rate schedules with weight
+    averaging" (arXiv 2602.03702).
+
+  Examples:
+    >>> from anytime import schedules
+    >>> lr = schedules.inverse_sqrt(1e-3, offset=4000)
+    >>> lr
+    inverse_sqrt(peak_value=0.001, offset=4000, warmup_steps=0, warmup_init_fraction=0.0)
+    >>> round(float(lr(12000)), 6)  # sqrt(4000 / 16000) = 1/2
+    0.0005
+  """
   return polynomial_decay(
       peak_value,
       exponent=0.5,
@@ -187,6 +275,7 @@ def _decay_to_horizon(make_body, peak_value, total_steps, final_fraction, warmup
   return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
 
 
+@_named
 def cosine(
     peak_value: float,
     *,
@@ -201,6 +290,7 @@ def cosine(
       peak_value, total_steps, final_fraction, warmup_steps, warmup_init_fraction)
 
 
+@_named
 def linear(
     peak_value: float,
     *,
@@ -220,6 +310,11 @@ def linear(
 
 def cooldown_multiplier(progress: jax.Array, shape: str, final_fraction: float) -> jax.Array:
   """Multiplier in [final_fraction, 1] of a cooldown at ``progress`` in [0, 1].
+
+  Examples:
+    >>> from anytime import schedules
+    >>> round(float(schedules.cooldown_multiplier(0.25, "1-sqrt", 0.0)), 3)
+    0.5
 
   Shapes: ``linear`` 1 - p; ``1-sqrt`` 1 - sqrt(p) (Hägele et al. 2024); ``cosine``
   (1 + cos(pi p)) / 2; ``square`` 1 - p^2; each rescaled to end at ``final_fraction``.
@@ -242,6 +337,7 @@ def cooldown_multiplier(progress: jax.Array, shape: str, final_fraction: float) 
   return final_fraction + (1.0 - final_fraction) * decay
 
 
+@_named
 def decay_branch(
     main_schedule: Schedule,
     branch_step: int,
@@ -256,6 +352,13 @@ def decay_branch(
   steps to ``final_fraction * v`` (for a constant main schedule: a fraction of the peak), then
   stays there. Works from any step of any main schedule, so WSD branches can be started from
   any checkpoint of an anytime run.
+
+  Examples:
+    >>> from anytime import schedules
+    >>> main = schedules.constant(1.0)
+    >>> branch = schedules.decay_branch(main, branch_step=100, cooldown_steps=10)
+    >>> [round(float(branch(s)), 2) for s in (99, 100, 105, 110, 200)]
+    [1.0, 1.0, 0.5, 0.0, 0.0]
   """
   branch_step = _check_nonnegative_int("branch_step", branch_step)
   cooldown_steps = _check_positive_int("cooldown_steps", cooldown_steps)
@@ -273,6 +376,7 @@ def decay_branch(
   return _guard_step(schedule)
 
 
+@_named
 def wsd(
     peak_value: float,
     *,
@@ -288,6 +392,15 @@ def wsd(
 
   Give exactly one of ``cooldown_steps`` or ``cooldown_fraction`` (of ``total_steps``; 0.1-0.2
   is typical). The cooldown ends at ``total_steps`` at ``final_fraction * peak``.
+
+  References:
+    Hu et al. 2024, "MiniCPM"; Hägele et al. 2024 (1-sqrt cooldown).
+
+  Examples:
+    >>> from anytime import schedules
+    >>> lr = schedules.wsd(1.0, total_steps=100, cooldown_fraction=0.2)
+    >>> [round(float(lr(s)), 2) for s in (0, 79, 80, 90, 100)]
+    [1.0, 1.0, 1.0, 0.5, 0.0]
   """
   total_steps = _check_positive_int("total_steps", total_steps)
   if (cooldown_steps is None) == (cooldown_fraction is None):
@@ -305,6 +418,7 @@ def wsd(
   return decay_branch(main, total_steps - cooldown_steps, cooldown_steps, shape, final_fraction)
 
 
+@_named
 def wsd_s(
     peak_value: float,
     *,
@@ -357,6 +471,7 @@ def wsd_s(
   return _guard_step(schedule)
 
 
+@_named
 def cyclic_cosine(
     peak_value: float,
     *,
@@ -397,6 +512,11 @@ def from_config(config: Mapping[str, Any]) -> Schedule:
   Every other key is passed to the schedule function of that name; unknown keys are refused.
   A ``decay`` sub-dict ``{"branch_step", "cooldown_steps", "shape", "final_fraction"}`` turns
   the schedule into a ``decay_branch`` of itself.
+
+  Examples:
+    >>> from anytime import schedules
+    >>> schedules.from_config({"name": "inverse_sqrt", "peak_value": 1e-3, "offset": 4000})
+    inverse_sqrt(peak_value=0.001, offset=4000, warmup_steps=0, warmup_init_fraction=0.0)
   """
   config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
   name = config.pop("name", None)

@@ -5,7 +5,7 @@
 
 Both steps run on the same random token batches, interleaved in rounds (ours, plain, ours, ...)
 so that machine noise hits both alike; each figure is the median over rounds of the mean step
-time in a round. "ours" is ``anytime.train.build_run``'s jitted step (sharded over every local
+time in a round. "ours" is ``anytime.loop.build_run``'s jitted step (sharded over every local
 device, NaN guard, metrics) with the config's optimizer: with ``--averages=0`` the averages
 are removed, so the ratio measures the trainer's own overhead (target >= 0.98); with the
 config's averages it shows what they cost. MFU = tokens/s x FLOPs/token (6N + 12·L·d·T) /
@@ -30,7 +30,7 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from anytime import train  # noqa: E402
+from anytime import loop  # noqa: E402
 from anytime.lm import model as model_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/lm_tiny.py", "Model/train config.")
@@ -85,7 +85,7 @@ def main(argv):
   config.lock()
   t = config.train
   with tempfile.TemporaryDirectory() as workdir:
-    run = train.build_run(config, workdir)
+    run = loop.build_run(config, workdir)
   model_config = run.model_config
   rng = np.random.default_rng(0)
   batch = {"inputs": rng.integers(0, model_config.vocab_size, (t.batch_size, t.seq_len),
@@ -99,7 +99,7 @@ def main(argv):
   holder = {"state": state}
 
   def ours():
-    holder["state"], metrics = run.train_step(holder["state"], batch)
+    holder["state"], metrics = run.train_step(holder["state"], batch, run.learning_rate(0))
     return metrics["loss"]
 
   def plain():
@@ -114,7 +114,7 @@ def main(argv):
   tokens = t.batch_size * t.seq_len
   ours_s, plain_s = statistics.median(ours_times), statistics.median(plain_times)
   flops = model_lib.flops_per_token(model_config, t.seq_len)
-  peak = train.peak_flops(config) * jax.device_count()
+  peak = loop.peak_flops(config) * jax.device_count()
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; model: "
         f"{model_lib.param_count(model_config) / 1e6:.1f}M params "
         f"({model_lib.param_count(model_config, include_embedding=False) / 1e6:.1f}M without "

@@ -21,7 +21,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from etils import epath  # noqa: E402
 
-from anytime import averaging, optimizers, train  # noqa: E402
+from anytime import averaging, branches, loop, optimizers  # noqa: E402
 from anytime.experiments import posthoc_eval  # noqa: E402
 from configs import lm_tiny  # noqa: E402
 
@@ -49,7 +49,7 @@ def main(argv):
       "ema_25": dict(kind="anytime_ema", factor=25.0),
   }
   config.lock()
-  train.train_and_evaluate(config, _WORKDIR.value)
+  branches.train(config, _WORKDIR.value)
   rows = posthoc_eval.run(_WORKDIR.value, steps=[_STEPS.value],
                           sigma_rels=[0.05, 0.07, 0.10, 0.15])
   print("\nreconstructed vs tracked directly (nats):")
@@ -58,7 +58,7 @@ def main(argv):
       print(f"  {row['target']} {row['value']:g}: post-hoc {row['posthoc_loss']:.4f}, tracked "
             f"{row['tracked_loss']:.4f}, difference {row['posthoc_minus_tracked']:+.1e} "
             f"(profile fit error {row['fit_error']:.1e})")
-  run = train.build_run(config, _WORKDIR.value)
+  run = loop.build_run(config, _WORKDIR.value)
   params = run.abstract_state.params
   n = sum(x.size for x in jax.tree.leaves(params))
   base = optimizers.default_config()

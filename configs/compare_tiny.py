@@ -13,12 +13,12 @@ cosine envelope by 0.03-0.06 nats at every horizon (the README shows the table).
 
 import ml_collections
 
-from anytime import train
+from anytime import config as config_lib
 from anytime.experiments import compare
 
 
 def get_config():
-  base = train.default_config()
+  base = config_lib.default_config()
   base.model.d_model = 64
   base.model.num_layers = 2
   base.model.num_heads = 2

@@ -12,11 +12,11 @@ corpus with byte tokens, which is only useful as a smoke test.
 Measured on one H100 (benchmarks/lm_step.py, batch 64 x 1024): see the README's MFU figure.
 """
 
-from anytime import train
+from anytime import config as config_lib
 
 
 def get_config():
-  config = train.default_config()
+  config = config_lib.default_config()
   config.model.d_model = 1024
   config.model.num_layers = 12
   config.model.num_heads = 16

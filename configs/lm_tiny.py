@@ -8,11 +8,11 @@ CPU: about 1.5 minutes; validation loss of the raw params about 1.9 nats/byte an
 a little lower (the unigram entropy of the bytes is about 3.2 nats).
 """
 
-from anytime import train
+from anytime import config as config_lib
 
 
 def get_config():
-  config = train.default_config()
+  config = config_lib.default_config()
   config.model.d_model = 128
   config.model.num_layers = 4
   config.model.num_heads = 4

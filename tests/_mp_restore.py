@@ -14,14 +14,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from anytime import checkpoint, parallel, train
+from anytime import checkpoint, loop, parallel
 
 
 def main(argv: list[str]) -> None:
   directory, step, out, coordinator, num_processes, process_id, config_json = argv[1:]
   parallel.maybe_initialize_distributed(coordinator, int(num_processes), int(process_id))
   config = ml_collections.ConfigDict(json.loads(config_json))  # a resolved config, as JSON
-  run = train.build_run(config, directory + "/scratch")
+  run = loop.build_run(config, directory + "/scratch")
   store = checkpoint.CheckpointStore(directory, read_only=True, async_save=False)
   state = store.restore(int(step), run.abstract_state)  # train state only: any process count
   store.close()

@@ -1,12 +1,12 @@
 """The tiny training config the trainer tests share: runs that take seconds on a CPU."""
 
-from anytime import train
+from anytime import config as config_lib
 
 
 def tiny_config(**overrides):
   """A 2-layer d=32 model on 32-token windows of the embedded corpus; ``overrides`` are dotted
   keys (``{"train.total_steps": 12}``)."""
-  config = train.default_config()
+  config = config_lib.default_config()
   config.model.d_model = 32
   config.model.num_layers = 2
   config.model.num_heads = 2

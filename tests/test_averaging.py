@@ -301,3 +301,112 @@ def test_errors():
     tx = averaging.with_averages(optax.sgd(0.1), {"p": averaging.polyak()})
     averaging.averaged_params(tx.init({"w": jnp.ones(2)}), "ema_25")
   assert math.isclose(averaging.from_config({"kind": "anytime_ema", "factor": 25}).factor, 25.0)
+
+
+# --------------------------------------------------------------------------- one object per kind
+
+PROFILE_KINDS = [
+    averaging.ema(0.8), averaging.ema(0.7, debias=False, every=2), averaging.anytime_ema(6.25),
+    averaging.anytime_ema(12.5, every=3, start_step=2), averaging.power_ema(4.0),
+    averaging.power_ema(2.0, every=2, start_step=5), averaging.polyak(start_step=4),
+    averaging.tail(0.3), averaging.tail(0.5, every=2, start_step=3), averaging.window(1, 4),
+    averaging.window(3, 2, start_step=1),
+]
+
+
+@pytest.mark.parametrize("spec", PROFILE_KINDS, ids=repr)
+def test_weight_profile_reproduces_the_tracked_average(spec):
+  w0, _, its = iterate_sequence()
+  got = run_wrapper(spec)
+  all_iterates = np.concatenate([w0[None], its]).astype(np.float64)
+  for t in range(1, NUM_STEPS + 1):
+    weights = spec.weights(t)
+    assert weights.shape == (t + 1,) and math.isclose(weights.sum(), 1.0, rel_tol=1e-9)
+    np.testing.assert_allclose(got[t - 1], weights @ all_iterates[:t + 1], rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("spec", PROFILE_KINDS, ids=repr)
+def test_config_roundtrip(spec):
+  config = spec.to_config()
+  assert averaging.from_config(config) == spec
+  assert set(config) >= {"kind", "start_step", "every", "dtype"}
+
+
+def test_rates_are_the_one_step_recursion():
+  np.testing.assert_allclose(averaging.polyak().rates(4), [1, 1 / 2, 1 / 3, 1 / 4])
+  np.testing.assert_allclose(averaging.polyak(start_step=2).rates(4), [1, 1, 1, 1 / 2])
+  t = np.arange(1, 6.0)
+  want = -np.expm1(-math.log(2.0) * 25.0 / (t + 1.0))
+  want[0] = 1.0
+  np.testing.assert_allclose(averaging.anytime_ema(25.0).rates(5), want)
+  with pytest.raises(NotImplementedError):
+    averaging.window(1, 2).rates(3)
+
+
+def test_pure_function_form_matches_the_wrapper():
+  params, loss = quadratic_problem()
+  tx = averaging.with_averages(optax.adamw(0.1), ALL_KINDS)
+  _, wrapped = train(tx, params, loss)
+  inner, state = optax.adamw(0.1), averaging.init_averages(ALL_KINDS, params)
+  inner_state = inner.init(params)
+  for _ in range(6):
+    updates, inner_state = inner.update(jax.grad(loss)(params), inner_state, params)
+    params = optax.apply_updates(params, updates)
+    state = averaging.update_averages(ALL_KINDS, state, params)
+  assert averaging.average_names(state) == list(ALL_KINDS)
+  for name in ALL_KINDS:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 averaging.averaged_params(state, name), averaging.averaged_params(wrapped, name))
+
+
+def test_with_averages_of_multisteps_is_refused_with_the_right_order():
+  avg = {"p": averaging.polyak()}
+  with pytest.raises(ValueError, match=r"optax.MultiSteps\(with_averages"):
+    averaging.with_averages(optax.MultiSteps(optax.sgd(0.1), 2), avg)
+  tx = averaging.with_averages(optax.MultiSteps(optax.sgd(0.1), 2).gradient_transformation(), avg)
+  with pytest.raises(ValueError, match=r"optax.MultiSteps\(with_averages"):
+    tx.init({"w": jnp.ones(2)})
+
+
+def test_hyperparams_pass_through():
+  tx = averaging.with_averages(optax.inject_hyperparams(optax.adamw)(learning_rate=0.1),
+                               {"p": averaging.polyak()})
+  state = tx.init({"w": jnp.ones(2)})
+  assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.1)
+  state.hyperparams["learning_rate"] = jnp.asarray(0.05)
+  assert float(state.inner_state.hyperparams["learning_rate"]) == pytest.approx(0.05)
+  plain = averaging.with_averages(optax.sgd(0.1), {"p": averaging.polyak()})
+  with pytest.raises(AttributeError, match="inject_hyperparams"):
+    plain.init({"w": jnp.ones(2)}).hyperparams
+
+
+def test_like_keeps_param_dtypes_and_ints_are_not_averaged():
+  params = {"w": jnp.ones(3, jnp.bfloat16), "n": jnp.array([1, 2], jnp.int32)}
+  tx = averaging.with_averages(optax.sgd(1.0), {"p": averaging.polyak(),
+                                                 "lawa": averaging.window(1, 3)})
+  state = tx.init(params)
+  for _ in range(4):
+    grads = {"w": jnp.ones(3, jnp.bfloat16), "n": jnp.zeros(2, jnp.int32)}
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    params["n"] = params["n"] + 1  # an int counter the model keeps
+  for name in ("p", "lawa"):
+    avg = averaging.averaged_params(state, name)
+    assert avg["w"].dtype == jnp.float32 and avg["n"].dtype == jnp.int32
+    # ints are not averaged: the value at the last fold (before the +1 of the last loop).
+    np.testing.assert_array_equal(avg["n"], [4, 5])
+    cast = averaging.averaged_params(state, name, like=params)
+    assert cast["w"].dtype == jnp.bfloat16
+  assert all(v["w"].dtype == jnp.bfloat16
+             for v in averaging.eval_params(state, params).values())
+
+
+@pytest.mark.parametrize("name", list(ALL_KINDS))
+def test_abstract_state_gives_abstract_params(name):
+  params, _ = quadratic_problem(jnp.bfloat16)
+  tx = averaging.with_averages(optax.adamw(0.1), ALL_KINDS)
+  abstract = jax.eval_shape(tx.init, params)
+  avg = averaging.averaged_params(abstract, name, like=params)
+  assert jax.tree.structure(avg) == jax.tree.structure(params)
+  for a, p in zip(jax.tree.leaves(avg), jax.tree.leaves(params)):
+    assert isinstance(a, jax.ShapeDtypeStruct) and a.shape == p.shape and a.dtype == p.dtype

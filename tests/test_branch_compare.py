@@ -19,11 +19,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from anytime import checkpoint, schedules, train
-from anytime.experiments import branch as branch_lib
+from anytime import branches, checkpoint, loop, schedules
 from anytime.experiments import compare
 
 import _tiny
+
+pytestmark = pytest.mark.slow  # whole training runs, subprocesses or notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 TIMING_KEYS = ("steps_per_sec", "tokens_per_sec", "mfu")
@@ -72,7 +73,7 @@ def restore(directory, step, config):
   if key not in _ABSTRACT:
     workdir = directory.parent.parent if directory.parent.name == checkpoint.BRANCHES else \
         directory.parent
-    _ABSTRACT[key] = train.build_run(config, str(workdir)).abstract_state
+    _ABSTRACT[key] = loop.build_run(config, str(workdir)).abstract_state
   store = checkpoint.CheckpointStore(directory, read_only=True)
   state = store.restore(step, _ABSTRACT[key])
   store.close()
@@ -144,7 +145,7 @@ def plain(planned, tmp_path_factory):
   config.train.checkpoint_every = 6  # safe on resume: does not change what is computed
   config.lock()
   workdir = tmp_path_factory.mktemp("plain")
-  train.train_and_evaluate(config, str(workdir))
+  branches.train(config, str(workdir))
   return workdir, config
 
 
@@ -159,7 +160,7 @@ def copy_workdir(source, target):
 def test_main_with_planned_branches_equals_main_without(plain, planned):
   plain_dir, config = plain
   planned_dir, planned_config = planned
-  assert train.planned_branches(planned_config) == [
+  assert [p._asdict() for p in branches.planned_branches(planned_config)] == [
       dict(name=name, branch_step=start, cooldown_steps=cooldown, shape="linear",
            final_fraction=0.1) for name, (start, cooldown) in PLANNED.items()]
   main_plain, main_planned = checkpoint.main_dir(plain_dir), checkpoint.main_dir(planned_dir)
@@ -168,7 +169,7 @@ def test_main_with_planned_branches_equals_main_without(plain, planned):
   assert checkpoint.CheckpointStore(main_plain, read_only=True).all_steps() == [6, 12, 16]
   for step in (6, 12, 16):
     assert_trees_equal(restore(main_planned, step, config), restore(main_plain, step, config))
-  got, want = train.read_metrics(main_planned), train.read_metrics(main_plain)
+  got, want = loop.read_metrics(main_planned), loop.read_metrics(main_plain)
   assert [r["step"] for r in got] == [r["step"] for r in want]
   assert without_timing(got) == without_timing(want)
   assert {p.name for p in (planned_dir / checkpoint.BRANCHES).iterdir()} == set(PLANNED)
@@ -179,12 +180,12 @@ def test_planned_branch_starts_at_main_state_and_continues_its_schedule(planned,
   workdir, config = planned
   start, cooldown = PLANNED[name]
   directory = checkpoint.branch_dir(workdir, name)
-  lineage = json.loads((directory / branch_lib.LINEAGE).read_text())
+  lineage = json.loads((directory / branches.LINEAGE).read_text())
   assert lineage["finished"] and lineage["parent"] == "main"
   assert (lineage["parent_step"], lineage["cooldown_steps"], lineage["end_step"]) == (
       start, cooldown, start + cooldown)
-  records = train.read_metrics(directory)
-  main_records = train.read_metrics(checkpoint.main_dir(workdir))
+  records = loop.read_metrics(directory)
+  main_records = loop.read_metrics(checkpoint.main_dir(workdir))
   steps = list(range(start + 1, start + cooldown + 1))
   assert sorted(by_step(records, "loss")) == steps
   # The first branch step sees the main params and batch at S: loss and gradient norm are
@@ -217,31 +218,31 @@ def test_library_branch_restores_main_exactly_and_leaves_main_untouched(plain, p
   # 1. A branch whose decay keeps main's LR (final_fraction=1 after warmup) is main's own
   # continuation: restoring main at 12 (params, optimizer state with its averages, step, RNG,
   # data iterator) and training 4 steps gives main's state at 16 bit for bit.
-  branch_lib.branch(str(workdir), from_step=12, cooldown_steps=4, shape="linear",
+  branches.branch(str(workdir), from_step=12, cooldown_steps=4, shape="linear",
                     final_fraction=1.0, name="flat")
   flat = checkpoint.branch_dir(workdir, "flat")
   assert_trees_equal(restore(flat, 16, config), restore(main, 16, config))
-  main_records = [r for r in train.read_metrics(main) if r["step"] > 12]
-  flat_records = train.read_metrics(flat)
+  main_records = [r for r in loop.read_metrics(main) if r["step"] > 12]
+  flat_records = loop.read_metrics(flat)
   assert [r["step"] for r in flat_records] == [r["step"] for r in main_records]
   assert without_timing(flat_records) == without_timing(main_records)
   # 2. The planned branch 6 -> 8, redone from the restored checkpoint, equals the one the
   # main run took from its in-memory state.
-  result = branch_lib.branch(str(workdir), from_step=6, cooldown_steps=2, shape="linear",
+  result = branches.branch(str(workdir), from_step=6, cooldown_steps=2, shape="linear",
                              final_fraction=0.1)
   got = checkpoint.branch_dir(workdir, "linear_8")
   want = checkpoint.branch_dir(planned_dir, "linear_8")
   assert_trees_equal(restore(got, 8, config), restore(want, 8, config))
-  assert without_timing(train.read_metrics(got)) == without_timing(train.read_metrics(want))
-  assert result == train.read_metrics(got)[-1]
+  assert without_timing(loop.read_metrics(got)) == without_timing(loop.read_metrics(want))
+  assert result == loop.read_metrics(got)[-1]
   # 3. Main is byte-identical; a finished branch is not silently redone; a missing step is named.
   assert file_bytes(main) == before
   with pytest.raises(ValueError, match="already exists"):
-    branch_lib.branch(str(workdir), from_step=6, cooldown_steps=2, shape="linear",
+    branches.branch(str(workdir), from_step=6, cooldown_steps=2, shape="linear",
                       final_fraction=0.1)
   with pytest.raises(ValueError, match=r"not a checkpoint of the main branch; available: "
                                        r"\[6, 12, 16\]"):
-    branch_lib.branch(str(workdir), from_step=8, cooldown_steps=2)
+    branches.branch(str(workdir), from_step=8, cooldown_steps=2)
 
 
 def test_wsd_s_adopts_the_decayed_state_and_main_resumes_at_peak(plain, tmp_path):
@@ -249,36 +250,36 @@ def test_wsd_s_adopts_the_decayed_state_and_main_resumes_at_peak(plain, tmp_path
   workdir = copy_workdir(plain_dir, tmp_path / "w")
   main = checkpoint.main_dir(workdir)
   with pytest.raises(ValueError, match="paused at --from-step 12.*up to step 16"):
-    branch_lib.branch(str(workdir), from_step=12, cooldown_steps=2, mode="wsd_s")
+    branches.branch(str(workdir), from_step=12, cooldown_steps=2, mode="wsd_s")
   assert not (workdir / checkpoint.BRANCHES).exists()
-  assert not (main / branch_lib.LINEAGE).exists()
+  assert not (main / branches.LINEAGE).exists()
   # Pause main at 12: as if it had been trained to 12 only.
   shutil.rmtree(main / "16")
-  kept = [r for r in train.read_metrics(main) if r["step"] <= 12]
+  kept = [r for r in loop.read_metrics(main) if r["step"] <= 12]
   (main / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-  branch_lib.branch(str(workdir), from_step=12, cooldown_steps=2, shape="linear",
+  branches.branch(str(workdir), from_step=12, cooldown_steps=2, shape="linear",
                     final_fraction=0.1, mode="wsd_s")
   name = "linear_14"
-  assert json.loads((main / branch_lib.LINEAGE).read_text()) == {
+  assert json.loads((main / branches.LINEAGE).read_text()) == {
       "adopted": [dict(branch=name, from_step=12, at_step=14)]}
   assert checkpoint.CheckpointStore(main, read_only=True).all_steps() == [6, 12, 14]
   adopted = restore(main, 14, config)
   assert_trees_equal(adopted, restore(checkpoint.branch_dir(workdir, name), 14, config))
   assert int(adopted.step) == 14
-  assert by_step(train.read_metrics(checkpoint.branch_dir(workdir, name)), "lr")[14] < PEAK
+  assert by_step(loop.read_metrics(checkpoint.branch_dir(workdir, name)), "lr")[14] < PEAK
 
   # The first step after resuming, computed here: one step from the adopted state and its
   # data iterator.
-  run = train.build_run(config, str(workdir))
+  run = loop.build_run(config, str(workdir))
   store = checkpoint.CheckpointStore(main, read_only=True)
   iterator = run.make_train_iterator()
   state = store.restore(14, run.abstract_state, iterator)
   store.close()
-  _, metrics = run.train_step(state, next(iterator))
+  _, metrics = run.train_step(state, next(iterator), run.learning_rate(14))
   expected_loss = float(metrics["loss"])
 
-  train.train_and_evaluate(config, str(workdir))
-  records = train.read_metrics(main)
+  branches.train(config, str(workdir))
+  records = loop.read_metrics(main)
   assert sorted(by_step(records, "loss")) == list(range(1, 13)) + [15, 16]
   assert by_step(records, "loss")[15] == expected_loss
   assert by_step(records, "lr")[15] == by_step(records, "lr")[16] == lr_of(
@@ -307,10 +308,10 @@ def test_branch_command_line(plain, tmp_path, compilation_cache):
                         text=True, timeout=300)
   assert good.returncode == 0, good.stderr[-3000:]
   directory = checkpoint.branch_dir(workdir, "1-sqrt_14")
-  lineage = json.loads((directory / branch_lib.LINEAGE).read_text())
+  lineage = json.loads((directory / branches.LINEAGE).read_text())
   assert lineage["finished"] and (lineage["parent_step"], lineage["cooldown_steps"],
                                   lineage["shape"]) == (12, 2, "1-sqrt")
-  records = train.read_metrics(directory)
+  records = loop.read_metrics(directory)
   expected = schedules.decay_branch(schedules.from_config(config.optimizer.schedule), 12, 2,
                                     "1-sqrt", 0.0)
   lrs = by_step(records, "lr")
@@ -318,7 +319,7 @@ def test_branch_command_line(plain, tmp_path, compilation_cache):
   np.testing.assert_allclose(lrs[14], lr_of(expected, 13), rtol=1e-6)
   assert lrs[14] < lrs[13]
   # The first branch step equals main's step 13 (same state, same batch).
-  assert by_step(records, "loss")[13] == by_step(train.read_metrics(main), "loss")[13]
+  assert by_step(records, "loss")[13] == by_step(loop.read_metrics(main), "loss")[13]
   last_eval = records[-1]
   assert last_eval["step"] == 14 and "eval_loss/raw" in last_eval
   # The printed result is the branch's last evaluation.
@@ -333,13 +334,13 @@ def test_branch_command_line(plain, tmp_path, compilation_cache):
 
 def count_training(monkeypatch):
   calls = []
-  real = train.train_and_evaluate
+  real = branches.train
 
   def counting(config, workdir):
     calls.append(Path(workdir).name)
     return real(config, workdir)
 
-  monkeypatch.setattr(train, "train_and_evaluate", counting)
+  monkeypatch.setattr(branches, "train", counting)
   return calls
 
 
@@ -367,41 +368,41 @@ def test_suite_resumes_an_interrupted_run(suite, monkeypatch, tmp_path):
   run_dir = workdir / "runs" / "constant_lr3e-3"
   main = checkpoint.main_dir(run_dir)
   run_config = {r["name"]: r["config"] for r in compare.plan(config)}["constant_lr3e-3"]
-  assert [p["branch_step"] for p in train.planned_branches(run_config)] == [6, 13]
+  assert [p.branch_step for p in branches.planned_branches(run_config)] == [6, 13]
   store = checkpoint.CheckpointStore(main, read_only=True)
   assert {13, 16} <= set(store.all_steps())
   store.close()
   want_state = restore(main, 16, run_config)
-  want_main = without_timing(train.read_metrics(main))
+  want_main = without_timing(loop.read_metrics(main))
   branch = checkpoint.branch_dir(run_dir, "linear_16")
-  want_branch = without_timing(train.read_metrics(branch))
+  want_branch = without_timing(loop.read_metrics(branch))
   want_branch_state = restore(branch, 16, run_config)
   table = json.loads((workdir / "report" / "table.json").read_text())
   # Killed while its last WSD branch (13 -> 16) ran, after the branch saved its checkpoint at
   # 16 and before it was marked finished: main's newest checkpoint is the branch point, the
   # branch is unfinished with a stale checkpoint and part of its metrics.
   shutil.rmtree(main / "16")
-  kept = [r for r in train.read_metrics(main) if r["step"] <= 13]
+  kept = [r for r in loop.read_metrics(main) if r["step"] <= 13]
   (main / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-  lineage = json.loads((branch / branch_lib.LINEAGE).read_text())
-  (branch / branch_lib.LINEAGE).write_text(json.dumps({**lineage, "finished": False}))
+  lineage = json.loads((branch / branches.LINEAGE).read_text())
+  (branch / branches.LINEAGE).write_text(json.dumps({**lineage, "finished": False}))
   assert checkpoint.CheckpointStore(branch, read_only=True).all_steps() == [16]
-  partial = [r for r in train.read_metrics(branch) if r["step"] <= 14]
+  partial = [r for r in loop.read_metrics(branch) if r["step"] <= 14]
   (branch / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in partial))
 
   calls = count_training(monkeypatch)
   compare.run_suite(config, str(workdir))
   assert calls == ["constant_lr3e-3"]
   assert_trees_equal(restore(main, 16, run_config), want_state)
-  assert without_timing(train.read_metrics(main)) == want_main
-  assert branch_lib.branch_finished(run_dir, "linear_16")
-  assert without_timing(train.read_metrics(branch)) == want_branch
+  assert without_timing(loop.read_metrics(main)) == want_main
+  assert branches.branch_finished(run_dir, "linear_16")
+  assert without_timing(loop.read_metrics(branch)) == want_branch
   assert_trees_equal(restore(branch, 16, run_config), want_branch_state)
   assert json.loads((workdir / "report" / "table.json").read_text()) == table
 
 
 def evals_of(directory):
-  return {r["step"]: r for r in train.read_metrics(directory)
+  return {r["step"]: r for r in loop.read_metrics(directory)
           if any(k.startswith("eval_loss/") for k in r)}
 
 

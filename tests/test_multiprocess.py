@@ -19,10 +19,12 @@ import jax
 import numpy as np
 import pytest
 
-from anytime import checkpoint, train
+from anytime import branches, checkpoint, loop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_reliability import (REPO, NoStore, assert_no_pickle, load_state, tiny_config)
+
+pytestmark = pytest.mark.slow  # whole training runs, subprocesses or notebooks
 
 STEPS = 20
 LOCAL_BATCH = 4  # global 8 over 2 processes
@@ -86,15 +88,15 @@ def one_process_run(tmp_path_factory) -> tuple[Path, Any]:
   """One process, 4 devices, same mesh, fed the concatenation of the 2 processes' batches."""
   workdir = tmp_path_factory.mktemp("one_process")
   config = tiny_config(**CHANGES)
-  run = train.build_run(config, str(workdir))
+  run = loop.build_run(config, str(workdir))
   t = config.train
   from anytime.lm import data as data_lib  # pylint: disable=g-import-not-at-top
 
   iterators = [data_lib.make_train_iterator(
       config.data, run.tokenizer, seq_len=t.seq_len, global_batch_size=t.batch_size,
       seed=config.seed, process_index=p, process_count=2) for p in range(2)]
-  writer = train.MetricsWriter(workdir / "main")
-  state = train.run_loop(run, run.init_state(), ConcatenatedIterators(iterators), NoStore(),
+  writer = loop.MetricsWriter(workdir / "main")
+  state = loop.run_loop(run, run.init_state(), ConcatenatedIterators(iterators), NoStore(),
                          writer, end_step=STEPS)
   writer.close()
   store = checkpoint.CheckpointStore(workdir / "main", async_save=False)
@@ -111,7 +113,7 @@ def by_path(tree: Any) -> dict[tuple[str, ...], np.ndarray]:
 
 
 def records(workdir: Path) -> list[dict[str, Any]]:
-  return train.read_metrics(workdir / "main")
+  return loop.read_metrics(workdir / "main")
 
 
 # Cross-process all-reduces (gloo) add the 4 devices' partial sums in another order than XLA
@@ -201,7 +203,7 @@ def test_resume_with_another_process_count_is_a_clear_error(two_process_run, tmp
   config = tiny_config(**{**CHANGES, "train__total_steps": STEPS + 5,
                           "parallel__num_devices": 0})
   with pytest.raises(ValueError, match="data iterator state of 2 processes, but this run has 1"):
-    train.train_and_evaluate(config, str(workdir))
+    branches.train(config, str(workdir))
   assert not list((workdir / "main").glob("*.damaged*"))
 
 

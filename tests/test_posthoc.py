@@ -68,7 +68,7 @@ def test_profiles_match_the_tracked_averages():
                              posthoc.profile(t, anytime_factor=25.0), atol=2e-6)
   np.testing.assert_allclose(_anytime_profile(25.0, t), posthoc.profile(t, anytime_factor=25.0),
                              atol=1e-12)
-  late = np.exp(posthoc._Kind("power_ema", 3.0, 30).log_weights(t))
+  late = np.exp(posthoc._Kind(averaging.power_ema(3.0, start_step=30)).log_weights(t))
   np.testing.assert_allclose(averaging.averaged_params(state, "late"), late / late.sum(),
                              atol=2e-6)
   tail = posthoc.profile(t, gamma=0.0, tail_start=80)
@@ -78,20 +78,22 @@ def test_profiles_match_the_tracked_averages():
 def test_inner_products_match_brute_force_sums():
   rng = np.random.default_rng(0)
   n = 400
-  kinds = [posthoc._Kind("power_ema", 16.97), posthoc._Kind("power_ema", 6.94),
-           posthoc._Kind("anytime_ema", 12.5), posthoc._Kind("power_ema", 0.0)]
+  kinds = [posthoc._Kind(averaging.PowerEma(gamma=16.97)),
+           posthoc._Kind(averaging.PowerEma(gamma=6.94)),
+           posthoc._Kind(averaging.AnytimeEma(factor=12.5)),
+           posthoc._Kind(averaging.PowerEma(gamma=0.0))]
   profiles = []
   for _ in range(12):
     kind = kinds[rng.integers(len(kinds))]
     end = int(rng.integers(2, n + 1))
-    start = int(rng.integers(0, end)) if kind.value == 0.0 else 0
+    start = int(rng.integers(0, end)) if getattr(kind.average, "gamma", None) == 0.0 else 0
     profiles.append(posthoc._Profile(kind, start, end))
 
   def dense(p):
-    if p.kind.kind == "anytime_ema":
-      w = _anytime_profile(p.kind.value, p.end)
+    if isinstance(p.kind.average, averaging.AnytimeEma):
+      w = _anytime_profile(p.kind.average.factor, p.end)
     else:
-      w = _power_profile(p.kind.value, p.end)
+      w = _power_profile(p.kind.average.gamma, p.end)
     w[:p.start] = 0.0
     return np.r_[w / w.sum(), np.zeros(n - p.end)]
 
@@ -109,7 +111,8 @@ def test_inner_products_approach_edm2_integrals(g1, t1, g2, t2):
     return ((g1 + 1) * s ** g1 / t1 ** (g1 + 1)) * ((g2 + 1) * s ** g2 / t2 ** (g2 + 1))
 
   integral = integrate.quad(f, 0, min(t1, t2), epsabs=0, epsrel=1e-12, limit=200)[0]
-  kinds = [posthoc._Kind("power_ema", g1), posthoc._Kind("power_ema", g2)]
+  kinds = [posthoc._Kind(averaging.PowerEma(gamma=g1)),
+           posthoc._Kind(averaging.PowerEma(gamma=g2))]
   got = posthoc._InnerProducts(kinds, max(t1, t2)).matrix(
       [posthoc._Profile(kinds[0], 0, t1)], [posthoc._Profile(kinds[1], 0, t2)])[0, 0]
   np.testing.assert_allclose(got, integral, rtol=2e-4)

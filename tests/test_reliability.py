@@ -34,7 +34,9 @@ import pytest
 from ml_collections import config_flags
 from absl import flags
 
-from anytime import checkpoint, train
+from anytime import branches, checkpoint, loop
+
+pytestmark = pytest.mark.slow  # whole training runs, subprocesses or notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 40
@@ -88,7 +90,7 @@ def subprocess_env(compilation_cache: Path | None = None) -> dict[str, str]:
 
 
 def losses(workdir: Path) -> dict[int, float]:
-  return {m["step"]: m["loss"] for m in train.read_metrics(workdir / "main") if "loss" in m}
+  return {m["step"]: m["loss"] for m in loop.read_metrics(workdir / "main") if "loss" in m}
 
 
 def load_state(workdir: Path, step: int) -> Any:
@@ -119,7 +121,7 @@ def file_digests(directory: Path) -> dict[str, bytes]:
 def reference(tmp_path_factory) -> Path:
   """An uninterrupted in-process run of TOTAL_STEPS (checkpoints every 5 steps, all kept)."""
   workdir = tmp_path_factory.mktemp("reference")
-  train.train_and_evaluate(tiny_config(), str(workdir))
+  branches.train(tiny_config(), str(workdir))
   return workdir
 
 
@@ -196,13 +198,13 @@ def test_sigkill_and_sigterm_resume_bitwise(reference: Path, tmp_path: Path):
     resumed_from = store.latest_step() or 0
     store.close()
   print("interruptions (signal, target step, last logged step):", events)
-  train.train_and_evaluate(tiny_config(), str(workdir))  # the last resume, to the end
+  branches.train(tiny_config(), str(workdir))  # the last resume, to the end
 
   assert_trees_equal(load_state(workdir, TOTAL_STEPS), load_state(reference, TOTAL_STEPS))
   got, want = losses(workdir), losses(reference)
   assert sorted(got) == list(range(1, TOTAL_STEPS + 1))
   assert got == want  # exact float equality, every step
-  evals = lambda d: [m for m in train.read_metrics(d / "main") if "eval_loss/raw" in m]
+  evals = lambda d: [m for m in loop.read_metrics(d / "main") if "eval_loss/raw" in m]
   assert [(m["step"], m["eval_loss/raw"], m["eval_loss/ema_25"]) for m in evals(workdir)] == \
       [(m["step"], m["eval_loss/raw"], m["eval_loss/ema_25"]) for m in evals(reference)]
   assert_no_pickle(workdir)
@@ -234,7 +236,7 @@ def test_damaged_checkpoints_fall_back_to_newest_intact(reference: Path, tmp_pat
   monkeypatch.setattr(pickle, "load", refuse)
   monkeypatch.setattr(pickle, "loads", refuse)
   monkeypatch.setattr(pickle, "Unpickler", refuse)
-  train.train_and_evaluate(tiny_config(), str(workdir))
+  branches.train(tiny_config(), str(workdir))
   out = capsys.readouterr().out
   assert f"checkpoint step 40 in {main} could not be restored" in out
   assert f"checkpoint step 35 in {main} could not be restored" in out
@@ -254,8 +256,8 @@ def test_no_checkpoint_restores_is_an_error_not_a_fresh_start(reference: Path, t
   shutil.copytree(reference / "main" / "5", main / "5")
   (main / "5" / "state" / "_METADATA").write_text("{not json")
   for attempt in range(2):  # and again when re-run (e.g. by an automatic restart)
-    with pytest.raises(train.TrainingError, match=r"set aside: 5\.damaged\) but none could"):
-      train.train_and_evaluate(tiny_config(), str(workdir))
+    with pytest.raises(loop.TrainingError, match=r"set aside: 5\.damaged\) but none could"):
+      branches.train(tiny_config(), str(workdir))
   assert (main / "5.damaged" / "state" / "_METADATA").read_text() == "{not json"
   assert not (main / "5").exists() and not (main / "metrics.jsonl").exists()
 
@@ -268,7 +270,7 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path: Path):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
   with pytest.raises(OSError) as info:
-    train.train_and_evaluate(tiny_config(), str(blocker / "run"))
+    branches.train(tiny_config(), str(blocker / "run"))
   assert str(blocker) in str(info.value)
 
 
@@ -287,7 +289,7 @@ def test_disk_full_keeps_previous_checkpoints(reference: Path, tmp_path: Path):
   error = None
   try:
     resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, hard))
-    train.train_and_evaluate(tiny_config(train__total_steps=15), str(workdir))
+    branches.train(tiny_config(train__total_steps=15), str(workdir))
   except Exception as e:  # pylint: disable=broad-except
     error = e
   finally:
@@ -351,7 +353,7 @@ def test_bad_config_refused_before_compilation(changes, key, tmp_path: Path):
   """Impossible values raise ValueError naming the key; nothing compiles, nothing is written."""
   compiles = _compile_counter()
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-    train.train_and_evaluate(tiny_config(**changes), str(tmp_path / "run"))
+    branches.train(tiny_config(**changes), str(tmp_path / "run"))
   assert not compiles, compiles
   assert not (tmp_path / "run").exists()
 
@@ -432,42 +434,42 @@ def test_nan_guard_stop_and_skip(tmp_path: Path):
   state after it equals the state before, bitwise) and counts it; too many in a row stop."""
   config = tiny_config(train__total_steps=6, train__checkpoint_every=2, train__eval_every=100,
                        train__max_skipped_updates=2)
-  run = train.build_run(config, str(tmp_path))
-  writer = train.MetricsWriter(tmp_path / "metrics")
+  run = loop.build_run(config, str(tmp_path))
+  writer = loop.MetricsWriter(tmp_path / "metrics")
 
   store = NoStore()
-  with pytest.raises(train.TrainingError, match="non-finite loss or gradient at step 3"):
-    train.run_loop(run, run.init_state(), NaNInjector(run.make_train_iterator(), {3}), store,
+  with pytest.raises(loop.TrainingError, match="non-finite loss or gradient at step 3"):
+    loop.run_loop(run, run.init_state(), NaNInjector(run.make_train_iterator(), {3}), store,
                    writer, end_step=6)
   assert store.saved == [2]  # no checkpoint after the bad step
 
   # One step by hand: the state after a NaN batch is the state before it.
   state = run.init_state()
   good = NaNInjector(run.make_train_iterator(), set())
-  state, _ = run.train_step(state, next(good))
+  state, _ = run.train_step(state, next(good), run.learning_rate(0))
   before = jax.tree.map(np.asarray, state)
-  after, metrics = run.train_step(state, dict(next(good), weights=np.full((8, 32), np.nan,
-                                                                           np.float32)))
+  after, metrics = run.train_step(
+      state, dict(next(good), weights=np.full((8, 32), np.nan, np.float32)), run.learning_rate(1))
   assert not bool(metrics["finite"])
   assert int(after.step) == 2
   assert_trees_equal(jax.tree.map(np.asarray, after._replace(step=before.step)), before)
 
-  skip = train.run_loop(
+  skip = loop.run_loop(
       dataclasses.replace(run, config=_with(config, train__nan_policy="skip")),
       run.init_state(), NaNInjector(run.make_train_iterator(), {3}), NoStore(),
-      train.MetricsWriter(tmp_path / "skip"), end_step=6)
+      loop.MetricsWriter(tmp_path / "skip"), end_step=6)
   assert int(skip.step) == 6
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(skip.params))
-  records = train.read_metrics(tmp_path / "skip")
+  records = loop.read_metrics(tmp_path / "skip")
   by_step = {m["step"]: m for m in records if "loss" in m}
   assert [by_step[s]["skipped_updates"] for s in range(1, 7)] == [0, 0, 1, 1, 1, 1]
   assert np.isnan(by_step[3]["loss"]) and all(np.isfinite(by_step[s]["loss"]) for s in (4, 5, 6))
 
-  with pytest.raises(train.TrainingError, match="non-finite"):
-    train.run_loop(
+  with pytest.raises(loop.TrainingError, match="non-finite"):
+    loop.run_loop(
         dataclasses.replace(run, config=_with(config, train__nan_policy="skip")),
         run.init_state(), NaNInjector(run.make_train_iterator(), {2, 3, 4}), NoStore(),
-        train.MetricsWriter(tmp_path / "skip3"), end_step=6)
+        loop.MetricsWriter(tmp_path / "skip3"), end_step=6)
   writer.close()
 
 

@@ -6,11 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from anytime import checkpoint, train
+from anytime import branches, checkpoint, loop
+from anytime import config as config_lib
 from anytime.lm import data as data_lib
 from anytime.lm import model as model_lib
 
 import _tiny
+
+pytestmark = pytest.mark.slow  # whole training runs, subprocesses or notebooks
 
 
 def tiny_config(**overrides):
@@ -23,7 +26,7 @@ def tiny_config(**overrides):
 
 
 def final_state(workdir, config):
-  run = train.build_run(config, workdir)
+  run = loop.build_run(config, workdir)
   store = checkpoint.CheckpointStore(checkpoint.main_dir(workdir), read_only=True)
   step = store.latest_step()
   state = store.restore(step, run.abstract_state)
@@ -32,12 +35,12 @@ def final_state(workdir, config):
 
 
 def losses(workdir):
-  return [(m["step"], m["loss"]) for m in train.read_metrics(checkpoint.main_dir(workdir))
+  return [(m["step"], m["loss"]) for m in loop.read_metrics(checkpoint.main_dir(workdir))
           if "loss" in m]
 
 
 def evals(workdir):
-  return [m for m in train.read_metrics(checkpoint.main_dir(workdir))
+  return [m for m in loop.read_metrics(checkpoint.main_dir(workdir))
           if any(k.startswith("eval_loss/") for k in m)]
 
 
@@ -45,14 +48,14 @@ def evals(workdir):
 def reference_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference"))
   config = tiny_config(**{"parallel.num_devices": 1})
-  train.train_and_evaluate(config, workdir)
+  branches.train(config, workdir)
   return workdir, config
 
 
 def test_sharded_step_matches_single_device(reference_run, tmp_path):
   ref_dir, ref_config = reference_run
   config = tiny_config(**{"parallel.mesh": {"data": 2, "fsdp": 2, "tensor": 2}})
-  train.train_and_evaluate(config, str(tmp_path))
+  branches.train(config, str(tmp_path))
   ref_losses, got_losses = losses(ref_dir), losses(str(tmp_path))
   assert [s for s, _ in ref_losses] == [s for s, _ in got_losses]
   # Different reduction orders across 8 devices: float32 round-off only.
@@ -62,7 +65,7 @@ def test_sharded_step_matches_single_device(reference_run, tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
                got_state.params, ref_state.params)
   # The averages live in the optimizer state with the params' shardings.
-  run = train.build_run(config, str(tmp_path))
+  run = loop.build_run(config, str(tmp_path))
   state = run.init_state()
   from anytime import averaging
   for name in ("ema_25", "polyak"):
@@ -77,10 +80,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(reference_run, tmp_path):
   ref_dir, _ = reference_run
   workdir = str(tmp_path)
   config = tiny_config(**{"parallel.num_devices": 1, "train.total_steps": 7})
-  train.train_and_evaluate(config, workdir)  # "interrupted" after step 7 (checkpoint at 4, 7)
+  branches.train(config, workdir)  # "interrupted" after step 7 (checkpoint at 4, 7)
   # Simulate a crash after step 7's checkpoint: metrics past the last checkpoint get dropped.
   config = tiny_config(**{"parallel.num_devices": 1})
-  train.train_and_evaluate(config, workdir)
+  branches.train(config, workdir)
   step, got = final_state(workdir, config)
   _, want = final_state(ref_dir, config)
   assert step == 12
@@ -94,11 +97,11 @@ def test_resume_from_older_checkpoint_drops_later_metrics(reference_run, tmp_pat
   ref_dir, _ = reference_run
   workdir = str(tmp_path)
   config = tiny_config(**{"parallel.num_devices": 1})
-  train.train_and_evaluate(config, workdir)
+  branches.train(config, workdir)
   # Lose the checkpoints after step 8 (as if the process died right after step 11).
   for step in (12,):
     (checkpoint.main_dir(workdir) / str(step)).rmtree()
-  train.train_and_evaluate(config, workdir)
+  branches.train(config, workdir)
   assert losses(workdir) == losses(ref_dir)
   assert evals(workdir) == evals(ref_dir)
 
@@ -108,16 +111,16 @@ def test_changed_config_is_refused_on_resume(reference_run, tmp_path):
   config = tiny_config(**{"parallel.num_devices": 1, "optimizer.schedule.peak_value": 1e-3,
                           "model.mlp_dim": 128})
   with pytest.raises(ValueError, match="model.mlp_dim, optimizer.schedule.peak_value"):
-    train.train_and_evaluate(config, ref_dir)
+    branches.train(config, ref_dir)
   # total_steps of an anytime run is safe to change.
-  train.check_resumable(tiny_config(**{"parallel.num_devices": 1, "train.total_steps": 99}),
+  loop.check_resumable(tiny_config(**{"parallel.num_devices": 1, "train.total_steps": 99}),
                         checkpoint.main_dir(ref_dir))
 
 
 def test_metrics_and_checkpoint_contents(reference_run):
   ref_dir, config = reference_run
   directory = checkpoint.main_dir(ref_dir)
-  records = train.read_metrics(directory)
+  records = loop.read_metrics(directory)
   train_records = [r for r in records if "loss" in r]
   assert {"lr", "grad_norm", "tokens", "steps_per_sec", "tokens_per_sec"} <= set(train_records[0])
   assert train_records[-1]["tokens"] == 12 * 8 * 32
@@ -135,7 +138,7 @@ def test_tiny_run_learns_below_unigram_entropy(tmp_path):
                           "train.checkpoint_every": 150, "parallel.num_devices": 2,
                           "train.log_every": 50, "train.batch_size": 16,
                           "data.max_bytes": 150_000})
-  result = train.train_and_evaluate(config, str(tmp_path))
+  result = branches.train(config, str(tmp_path))
   tokenizer = data_lib.build_tokenizer(config.data)
   entropy = data_lib.unigram_entropy(config.data, tokenizer)
   assert result["eval_loss/raw"] < entropy - 0.6, (result, entropy)
@@ -145,9 +148,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
   config = tiny_config(**{"parallel.num_devices": 1, "train.total_steps": 4,
                           "train.checkpoint_every": 2})
   workdir = str(tmp_path)
-  run = train.build_run(config, workdir)
+  run = loop.build_run(config, workdir)
   store = checkpoint.CheckpointStore(checkpoint.main_dir(workdir), async_save=False)
-  writer = train.MetricsWriter(checkpoint.main_dir(workdir))
+  writer = loop.MetricsWriter(checkpoint.main_dir(workdir))
   iterator = run.make_train_iterator()
 
   class Poisoned:
@@ -167,8 +170,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
       iterator.set_state(s)
 
   state = run.init_state()
-  with pytest.raises(train.TrainingError, match="non-finite loss.*step 3"):
-    train.run_loop(run, state, Poisoned(), store, writer, end_step=4)
+  with pytest.raises(loop.TrainingError, match="non-finite loss.*step 3"):
+    loop.run_loop(run, state, Poisoned(), store, writer, end_step=4)
   assert store.all_steps() == [2]
   store.close()
 
@@ -184,12 +187,12 @@ def test_model_counts_and_flops():
 
 def test_bad_configs_refused_before_compilation():
   with pytest.raises(ValueError, match="train.batch_size"):
-    train.validate_config(tiny_config(**{"train.batch_size": 6}))  # 8 data-parallel devices
+    config_lib.validate_config(tiny_config(**{"train.batch_size": 6}))  # 8 data-parallel devices
   with pytest.raises(ValueError, match="warmup_steps"):
-    train.validate_config(tiny_config(**{"optimizer.schedule.warmup_steps": 50}))
+    config_lib.validate_config(tiny_config(**{"optimizer.schedule.warmup_steps": 50}))
   with pytest.raises(ValueError, match="parallel.mesh"):
-    train.validate_config(tiny_config(**{"parallel.mesh": {"data": 3, "fsdp": 1, "tensor": 1}}))
+    config_lib.validate_config(tiny_config(**{"parallel.mesh": {"data": 3, "fsdp": 1, "tensor": 1}}))
   with pytest.raises(ValueError, match="model.max_len"):
-    train.validate_config(tiny_config(**{"train.seq_len": 64}))
+    config_lib.validate_config(tiny_config(**{"train.seq_len": 64}))
   with pytest.raises(AttributeError):
     tiny_config().train.totl_steps = 3

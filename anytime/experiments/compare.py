@@ -34,8 +34,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from anytime import checkpoint, schedules
-from anytime import train as train_lib
+from anytime import branches, checkpoint, loop, naming, schedules
+from anytime import config as config_lib
 
 METHODS = ("cosine", "constant", "inverse_sqrt", "polynomial", "wsd_s", "schedule_free_adamw")
 ANYTIME_RUNS = ("constant", "inverse_sqrt", "polynomial")
@@ -70,14 +70,6 @@ def default_suite() -> ml_collections.ConfigDict:
       posthoc_sigma_rels=[0.02, 0.035, 0.05, 0.07, 0.1, 0.15, 0.2],
       snapshots_per_base=10,
   ))
-
-
-def _ema_name(factor: float) -> str:
-  return "ema_" + (f"{factor:g}".replace(".", "p"))
-
-
-def _lr_tag(lr: float) -> str:
-  return f"{lr:.0e}".replace("e-0", "e-").replace("+0", "")
 
 
 def _method_config(base: ml_collections.ConfigDict, *, total_steps: int,
@@ -126,7 +118,7 @@ def plan(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   base = config.base
   eval_every = max(s.base_steps // s.evals_per_base, 1)
   lawa_every = s.lawa_every or max(s.base_steps // 10, 1)
-  averages = {_ema_name(f): dict(kind="anytime_ema", factor=float(f)) for f in s.ema_factors}
+  averages = {naming.ema_name(f): dict(kind="anytime_ema", factor=float(f)) for f in s.ema_factors}
   snapshot_every = 0
   if s.posthoc_sigma_rels:
     snapshot_every = max(s.base_steps // s.snapshots_per_base, 1)
@@ -138,7 +130,7 @@ def plan(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     for lr in s.cosine_peak_values:
       schedule = dict(name="cosine", peak_value=lr, total_steps=horizon,
                       final_fraction=s.cosine_final_fraction, **warmup)
-      runs.append(dict(name=f"cosine_{horizon}_lr{_lr_tag(lr)}", method="cosine", peak_value=lr,
+      runs.append(dict(name=f"cosine_{horizon}_lr{naming.lr_tag(lr)}", method="cosine", peak_value=lr,
                        horizon=horizon, config=_method_config(base, total_steps=horizon,
                                                               schedule=schedule)))
   anytime_schedules = {
@@ -159,37 +151,36 @@ def plan(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
         run_averages["lawa"] = dict(kind="window", every=lawa_every, size=s.lawa_size)
         branches = dict(budgets=horizons, cooldown_fraction=s.wsd_cooldown_fraction,
                         shape=s.wsd_shape, final_fraction=s.wsd_final_fraction)
-      runs.append(dict(name=f"{method}_lr{_lr_tag(lr)}", method=method, peak_value=lr,
+      runs.append(dict(name=f"{method}_lr{naming.lr_tag(lr)}", method=method, peak_value=lr,
                        horizon=longest, config=_method_config(
                            base, total_steps=longest, schedule=anytime_schedules[method](lr),
                            averages=run_averages, eval_at=horizons, eval_every=eval_every,
                            branches=branches, snapshot_every=snapshot_every)))
   if "wsd_s" in s.methods:
-    cooldown = max(1, round(s.wsd_s_cooldown_fraction * s.base_steps))
+    cooldown = naming.cooldown_steps(s.wsd_s_cooldown_fraction, s.base_steps)
     for lr in s.peak_values:
       schedule = dict(name="wsd_s", peak_value=lr, decay_ends=horizons, cooldown_steps=cooldown,
                       shape=s.wsd_shape, final_fraction=s.wsd_final_fraction, **warmup)
-      runs.append(dict(name=f"wsd_s_lr{_lr_tag(lr)}", method="wsd_s", peak_value=lr,
+      runs.append(dict(name=f"wsd_s_lr{naming.lr_tag(lr)}", method="wsd_s", peak_value=lr,
                        horizon=longest, config=_method_config(
                            base, total_steps=longest, schedule=schedule, eval_at=horizons,
                            eval_every=eval_every)))
   if "schedule_free_adamw" in s.methods:
     for lr in s.schedule_free_peak_values:
-      runs.append(dict(name=f"schedule_free_lr{_lr_tag(lr)}", method="schedule_free_adamw",
+      runs.append(dict(name=f"schedule_free_lr{naming.lr_tag(lr)}", method="schedule_free_adamw",
                        peak_value=lr, horizon=longest, config=_method_config(
                            base, total_steps=longest,
                            schedule=dict(name="constant", peak_value=lr, **warmup),
                            eval_at=horizons, eval_every=eval_every,
                            optimizer_name="schedule_free_adamw")))
   for run in runs:
-    train_lib.validate_config(run["config"])
+    config_lib.validate_config(run["config"])
   return runs
 
 
 def run_finished(run_dir: epath.Path, total_steps: int) -> bool:
-  evals = [m for m in train_lib.read_metrics(checkpoint.main_dir(run_dir))
-           if any(k.startswith("eval_loss/") for k in m)]
-  return bool(evals) and evals[-1]["step"] >= total_steps
+  last = loop.last_evaluation(checkpoint.main_dir(run_dir))
+  return bool(last) and last["step"] >= total_steps
 
 
 def run_suite(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -214,7 +205,7 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
       continue
     print(f"[suite] {i + 1}/{len(runs)} {run['name']} ({run['config'].train.total_steps} steps)",
           flush=True)
-    train_lib.train_and_evaluate(run["config"], str(run_dir))
+    branches.train(run["config"], str(run_dir))
   for run in runs:
     run_dir = workdir / "runs" / run["name"]
     if (run["config"].train.snapshot_every and (checkpoint.main_dir(run_dir) / "snapshots").exists()
@@ -236,8 +227,7 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
 
 
 def _evals(run_dir: epath.Path) -> dict[int, dict[str, float]]:
-  return {m["step"]: m for m in train_lib.read_metrics(run_dir)
-          if any(k.startswith("eval_loss/") for k in m)}
+  return {m["step"]: m for m in loop.read_metrics(run_dir) if naming.is_eval_record(m)}
 
 
 def collect(workdir: str | epath.Path) -> dict[str, Any]:
@@ -250,8 +240,8 @@ def collect(workdir: str | epath.Path) -> dict[str, Any]:
   s = manifest["suite"]
   horizons = sorted(s["base_steps"] * m for m in s["multipliers"])
   tokens_per_step = manifest["tokens_per_step"]
-  headline = _ema_name(s["headline_ema"])
-  emas = [_ema_name(f) for f in s["ema_factors"]]
+  headline = naming.ema_name(s["headline_ema"])
+  emas = [naming.ema_name(f) for f in s["ema_factors"]]
   columns: dict[str, dict[int, float]] = {}
   spent: dict[str, int] = {}
   chosen_lr: dict[str, float] = {}
@@ -326,7 +316,8 @@ def collect(workdir: str | epath.Path) -> dict[str, Any]:
       wsd = {}
       cooldown_total = 0
       for h in horizons:
-        branch = workdir / "runs" / run["name"] / "branches" / f"{s['wsd_shape']}_{h}"
+        branch = checkpoint.branch_dir(workdir / "runs" / run["name"],
+                                       naming.branch_name(s["wsd_shape"], h))
         branch_evals = _evals(branch)
         if h in branch_evals:
           wsd[h] = branch_evals[h]["eval_loss/raw"]
@@ -482,7 +473,7 @@ def _plot_schedules(results, path):
     if method == "constant":
       s = results["manifest"]["suite"]
       for h in results["horizons"]:
-        cooldown = max(1, round(s["wsd_cooldown_fraction"] * h))
+        cooldown = naming.cooldown_steps(s["wsd_cooldown_fraction"], h)
         branch = schedules.decay_branch(schedule, h - cooldown, cooldown, s["wsd_shape"],
                                         s["wsd_final_fraction"])
         xs = np.arange(h - cooldown, h + 1)

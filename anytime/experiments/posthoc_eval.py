@@ -18,14 +18,15 @@ from typing import Any
 import jax
 from etils import epath
 
-from anytime import averaging, checkpoint, posthoc
-from anytime import train as train_lib
+from anytime import averaging, checkpoint, loop, naming, posthoc
+from anytime import config as config_lib
 
 
 def run(workdir: str, *, steps: Sequence[int], sigma_rels: Sequence[float],
         anytime_factor: float = 25.0) -> list[dict[str, Any]]:
   """Reconstructs, evaluates and reports; returns the table rows."""
-  config = train_lib.stored_config(workdir)
+  config = config_lib.stored_config(workdir)
+  config_lib.validate_config(config)
   snapshot_dir = str(checkpoint.main_dir(workdir) / "snapshots")
   available = posthoc.list_snapshots(snapshot_dir) if epath.Path(snapshot_dir).exists() else []
   if not available:
@@ -37,7 +38,7 @@ def run(workdir: str, *, steps: Sequence[int], sigma_rels: Sequence[float],
                        f"[{available[0]}, {available[-1]}]")
   for sigma_rel in sigma_rels:
     averaging.sigma_rel_to_gamma(sigma_rel)  # validates the range
-  run_ = train_lib.build_run(config, workdir)
+  run_ = loop.build_run(config, workdir)
   like = run_.abstract_state.params
   store = checkpoint.CheckpointStore(checkpoint.main_dir(workdir), read_only=True)
   rows = []
@@ -53,7 +54,7 @@ def run(workdir: str, *, steps: Sequence[int], sigma_rels: Sequence[float],
       params, fit_error = posthoc.reconstruct(snapshot_dir, target_step=step, like=like, **kwargs)
       row = dict(step=step, target=kind, value=value, fit_error=fit_error,
                  posthoc_loss=run_.validation_loss(params))
-      tracked_name = (f"ema_{value:g}".replace(".", "p") if kind == "anytime_factor"
+      tracked_name = (naming.ema_name(value) if kind == "anytime_factor"
                       else posthoc.default_tracking((value,)).popitem()[0])
       if tracked_name in direct:
         row["tracked_loss"] = direct[tracked_name]

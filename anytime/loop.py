@@ -1,9 +1,11 @@
-"""``train_and_evaluate(config, workdir)``: the training loop of one run (or one decay branch).
+"""The training loop of one run: ``Run`` (mesh, model, optimizer, jitted steps, built once from a
+validated config), ``run_loop`` (steps, evaluations, metrics, checkpoints), resume, and
+``train_and_evaluate``.
 
-The loop steps, evaluates the raw params and every average held in the optimizer state (and
+The loop evaluates the raw params and every average held in the optimizer state (and
 Schedule-Free's evaluation point), writes metrics (JSONL + TensorBoard, fetched one step late so
-dispatch stays asynchronous), and checkpoints through Orbax. No model or schedule details live
-here: the model comes from ``anytime.lm.model``, the optimizer from ``anytime.optimizers``.
+dispatch stays asynchronous), and checkpoints through Orbax. It knows nothing about decay
+branches or suites: callers pass host hooks (``anytime.branches`` takes its branches there).
 """
 
 from __future__ import annotations
@@ -23,69 +25,15 @@ import numpy as np
 import optax
 from etils import epath
 
-from anytime import averaging, checkpoint, optimizers, parallel, posthoc
+from anytime import averaging, checkpoint, naming, optimizers, parallel, posthoc
+from anytime import config as config_lib
 from anytime.lm import data as data_lib
 from anytime.lm import model as model_lib
-
-# Keys whose change on resume is accepted: they do not change what the run computes up to the
-# step it resumes from (for an anytime schedule, the total length is one of them).
-SAFE_TO_CHANGE = (
-    "train.total_steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.keep_period", "train.eval_batches",
-    "train.snapshot_keep", "train.peak_flops_per_device", "data.worker_count",
-    "data.cache_dir", "branches", "distributed",
-)
 
 # Peak dense bf16 FLOP/s per device, for MFU (vendor figures).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
               "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12}
 
-
-def default_config() -> ml_collections.ConfigDict:
-  """The one schema of a training run: every key with its default."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  model = dataclasses.asdict(model_lib.ModelConfig())
-  model["vocab_size"] = 0  # 0 = the tokenizer's vocabulary, padded to train.vocab_multiple.
-  c.model = ml_collections.ConfigDict(model)
-  c.data = data_lib.default_config()
-  c.optimizer = optimizers.default_config()
-  c.parallel = ml_collections.ConfigDict(dict(
-      mesh=dict(data=-1, fsdp=1, tensor=1),  # one axis may be -1 (= the remaining devices)
-      rules=[list(r) for r in parallel.DEFAULT_RULES],
-      num_devices=0,  # 0 = all devices; N = the first N (tests, single-device references)
-  ))
-  c.distributed = ml_collections.ConfigDict(dict(
-      coordinator_address="", num_processes=0, process_id=-1))
-  c.train = ml_collections.ConfigDict(dict(
-      total_steps=1000,
-      batch_size=32,  # global, in sequences
-      seq_len=128,
-      vocab_multiple=8,
-      eval_every=100,
-      eval_batches=8,  # 0 = the whole validation split
-      eval_batch_size=0,  # 0 = batch_size
-      eval_at=[],  # extra steps to evaluate at (e.g. every horizon of a suite)
-      log_every=10,
-      checkpoint_every=500,
-      keep_checkpoints=3,
-      keep_period=0,  # also keep every checkpoint whose step is a multiple of this
-      nan_policy="stop",  # "stop": fail with a clear error; "skip": drop the update and count it
-      max_skipped_updates=10,  # with "skip": give up after this many consecutive bad steps
-      snapshot_every=0,  # post-hoc averaging snapshots of two power EMAs (0 = off)
-      snapshot_keep=0,  # snapshots kept (0 = all)
-      snapshot_sigma_rels=[0.05, 0.10],  # the tracked power EMAs (anytime.posthoc)
-      peak_flops_per_device=0.0,  # 0 = from the device kind (MFU is omitted when unknown)
-      async_checkpoints=True,
-  ))
-  c.branches = ml_collections.ConfigDict(dict(
-      budgets=[],  # steps at which decayed checkpoints are wanted (the ends of the branches)
-      cooldown_fraction=0.2,
-      shape="linear",
-      final_fraction=0.0,
-  ))
-  c.lock()
-  return c
 
 
 class TrainState(NamedTuple):
@@ -97,58 +45,6 @@ class TrainState(NamedTuple):
 
 class TrainingError(RuntimeError):
   """A run cannot go on (non-finite loss, ...); the last good checkpoint is left intact."""
-
-
-# ---------------------------------------------------------------------------- validation
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Refuses impossible configs with a message naming the key, before any compilation."""
-  t = config.train
-  for key in ("total_steps", "batch_size", "seq_len", "eval_every", "log_every",
-              "checkpoint_every", "vocab_multiple", "keep_checkpoints"):
-    value = t[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ValueError(f"train.{key} must be a positive integer, got {value!r}")
-  for key in ("eval_batches", "eval_batch_size", "keep_period", "snapshot_every",
-              "snapshot_keep", "max_skipped_updates"):
-    if not isinstance(t[key], int) or t[key] < 0:
-      raise ValueError(f"train.{key} must be a non-negative integer, got {t[key]!r}")
-  if t.nan_policy not in ("stop", "skip"):
-    raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {t.nan_policy!r}")
-  if config.model.max_len < t.seq_len:
-    raise ValueError(f"model.max_len ({config.model.max_len}) must be >= train.seq_len "
-                     f"({t.seq_len})")
-  schedule = config.optimizer.schedule
-  warmup = schedule.get("warmup_steps", 0)
-  if warmup and warmup >= t.total_steps:
-    raise ValueError(f"optimizer.schedule.warmup_steps ({warmup}) must be smaller than "
-                     f"train.total_steps ({t.total_steps})")
-  b = config.branches
-  if not 0 < b.cooldown_fraction <= 1:
-    raise ValueError(f"branches.cooldown_fraction must be in (0, 1], got {b.cooldown_fraction!r}")
-  for budget in b.budgets:
-    if not isinstance(budget, int) or budget < 1 or budget > t.total_steps:
-      raise ValueError(f"branches.budgets entries must be integers in [1, train.total_steps="
-                       f"{t.total_steps}], got {budget!r}")
-  num_devices = config.parallel.num_devices or jax.device_count()
-  if num_devices > jax.device_count():
-    raise ValueError(f"parallel.num_devices ({num_devices}) exceeds the {jax.device_count()} "
-                     "devices present")
-  shape = dict(zip(parallel.MESH_AXES,
-                   parallel.mesh_shape(config.parallel.mesh, num_devices)))
-  batch_axes = dict(map(tuple, config.parallel.rules)).get("batch")
-  batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
-  batch_shards = math.prod(shape[a] for a in batch_axes)
-  for key in ("batch_size", "eval_batch_size"):
-    if t[key] and t[key] % batch_shards:
-      raise ValueError(f"train.{key} ({t[key]}) must be divisible by the data-parallel size "
-                       f"{batch_shards} (mesh axes {batch_axes} of {shape})")
-    if t[key] and t[key] % jax.process_count():
-      raise ValueError(f"train.{key} must be divisible by the {jax.process_count()} processes")
-  optimizers.build(config.optimizer, posthoc_tracking(config))  # validates optimizer + averages
-  model_lib.ModelConfig(**{**config.model.to_dict(), "vocab_size": 1})
-  data_lib.validate_config(config.data)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -172,16 +68,33 @@ class Run:
   rules: tuple
   tokenizer: Any
   model_config: model_lib.ModelConfig
-  graphdef: Any
-  tx: optax.GradientTransformation
   schedule: optax.Schedule
   abstract_state: TrainState  # ShapeDtypeStructs with shardings
   state_shardings: TrainState
   init_state: Callable[[], TrainState]
-  train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+  train_step: Callable[[TrainState, dict, np.float32], tuple[TrainState, dict]]
   eval_step: Callable[[Any, dict], tuple[jax.Array, jax.Array]]
   eval_batches: list[dict]
   flops_per_token: float
+  # The same computations, pure and unjitted (anytime.batched vmaps them over runs):
+  init_fn: Callable[[jax.Array], TrainState]  # seed -> state
+  step_fn: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]  # (state, batch, lr)
+  eval_fn: Callable[[Any, dict], tuple[jax.Array, jax.Array]]  # -> (loss sum, token count)
+  _learning_rates: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros([0], np.float32))
+
+  def learning_rate(self, step: int) -> np.float32:
+    """The schedule's value at ``step``, from a table evaluated on the host in chunks.
+
+    The jitted step takes the learning rate as an input, so one compiled step serves every
+    schedule (runs that differ only in their schedule share one program).
+    """
+    table = self._learning_rates
+    if step >= len(table):
+      end = max(step + 1, 2 * len(table), 1024)
+      table = learning_rate_table(self.schedule, len(table), end)
+      self._learning_rates = np.concatenate([self._learning_rates, table])
+    return self._learning_rates[step]
 
   def make_train_iterator(self):
     t = self.config.train
@@ -198,7 +111,7 @@ class Run:
   def evaluate(self, state: TrainState) -> dict[str, float]:
     """Validation loss of the raw params and of every average, keyed ``eval_loss/<name>``."""
     candidates = averaging.eval_params(state.opt_state, state.params)
-    return {f"eval_loss/{name}": self.validation_loss(params)
+    return {naming.eval_key(name): self.validation_loss(params)
             for name, params in candidates.items()}
 
 
@@ -206,11 +119,9 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
               schedule_override: Mapping[str, Any] | None = None) -> Run:
   """Builds mesh, tokenizer, model, optimizer and jitted steps. No training happens here.
 
+  ``config`` must have passed ``start`` (the entry points validate once, at the boundary).
   ``schedule_override`` replaces ``optimizer.schedule`` (decay branches use it).
   """
-  # Before validate_config: it counts devices, and jax.distributed must come first.
-  parallel.maybe_initialize_distributed(**config.distributed.to_dict())
-  validate_config(config)
   devices = jax.devices()[:config.parallel.num_devices or None]
   mesh = parallel.make_mesh(config.parallel.mesh, devices)
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
@@ -228,52 +139,53 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   if schedule_override is not None:
     opt_config = ml_collections.ConfigDict(config.optimizer.to_dict())
     opt_config.schedule = ml_collections.ConfigDict(dict(schedule_override))
-  tx, schedule = optimizers.build(opt_config, posthoc_tracking(config))
+  tx, schedule = optimizers.build(opt_config, config_lib.posthoc_tracking(config),
+                                  learning_rate_in_state=True)
 
-  key = jax.random.key(config.seed)
   graphdef = model_lib.graphdef(model_config)
   axes = model_lib.logical_axes(model_config)
 
-  def init_params():
-    return model_lib.init(model_config, key)[1]
+  def init_params(seed):
+    return model_lib.init(model_config, jax.random.key(seed))[1]
 
-  abstract_params = jax.eval_shape(init_params)
+  seed = np.uint32(config.seed)
+  abstract_params = jax.eval_shape(init_params, seed)
   param_shardings = parallel.tree_shardings(abstract_params, axes, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_shardings = parallel.opt_state_shardings(tx, abstract_opt, param_shardings, mesh)
   replicated = parallel.replicated(mesh)
   state_shardings = TrainState(replicated, param_shardings, opt_shardings, replicated)
 
-  def init_fn():
-    params = init_params()
+  def init_fn(seed):
+    params = init_params(seed)
     return TrainState(jnp.zeros([], jnp.int32), params, tx.init(params),
-                      jax.random.key_data(jax.random.key(config.seed + 1)))
+                      jax.random.key_data(jax.random.key(seed + 1)))
 
-  init_state = jax.jit(init_fn, out_shardings=state_shardings)
+  init_jit = jax.jit(init_fn, out_shardings=state_shardings)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      jax.eval_shape(init_fn), state_shardings)
+      jax.eval_shape(init_fn, seed), state_shardings)
 
   def loss_fn(params, batch):
     logits = model_lib.apply(graphdef, params, batch["inputs"])
     total, count = cross_entropy(logits, batch["targets"], batch.get("weights"))
     return total / jnp.maximum(count, 1.0)
 
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: dict, lr: jax.Array) -> tuple[TrainState, dict]:
     with parallel.activation_rules(mesh, rules):
       loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    opt_state = optimizers.set_learning_rate(state.opt_state, lr)
+    updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = TrainState(state.step + 1, keep(params, state.params),
                            keep(opt_state, state.opt_state), state.rng)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
-               "finite": finite}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "finite": finite}
     return new_state, metrics
 
-  train_step_jit = jax.jit(train_step, in_shardings=(state_shardings, None),
+  train_step_jit = jax.jit(train_step, in_shardings=(state_shardings, None, replicated),
                            out_shardings=(state_shardings, replicated), donate_argnums=0)
 
   def eval_step(params, batch):
@@ -289,15 +201,22 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
       process_count=jax.process_count())
   eval_batches = [parallel.global_batch(b, mesh, rules) for b in local_eval]
 
-  def sharded_train_step(state, local_batch):
-    return train_step_jit(state, parallel.global_batch(local_batch, mesh, rules))
+  def sharded_train_step(state, local_batch, lr):
+    return train_step_jit(state, parallel.global_batch(local_batch, mesh, rules), lr)
 
   return Run(config=config, mesh=mesh, rules=rules, tokenizer=tokenizer,
-             model_config=model_config, graphdef=graphdef, tx=tx, schedule=schedule,
+             model_config=model_config, schedule=schedule,
              abstract_state=abstract_state, state_shardings=state_shardings,
-             init_state=init_state, train_step=sharded_train_step, eval_step=eval_step_jit,
-             eval_batches=eval_batches,
-             flops_per_token=model_lib.flops_per_token(model_config, t.seq_len))
+             init_state=lambda: init_jit(seed), train_step=sharded_train_step,
+             eval_step=eval_step_jit, eval_batches=eval_batches,
+             flops_per_token=model_lib.flops_per_token(model_config, t.seq_len),
+             init_fn=init_fn, step_fn=train_step, eval_fn=eval_step)
+
+
+def learning_rate_table(schedule: optax.Schedule, start: int, end: int) -> np.ndarray:
+  """``schedule(step)`` for ``start <= step < end`` as float32, evaluated in one jitted call."""
+  steps = jnp.arange(start, end, dtype=jnp.int32)
+  return np.asarray(jax.jit(jax.vmap(schedule))(steps), np.float32)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -447,7 +366,7 @@ def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.Checkpoi
   with _Preemption() as preemption:
     while step < end_step:
       batch = next(train_iter)
-      state, device_metrics = run.train_step(state, batch)
+      state, device_metrics = run.train_step(state, batch, run.learning_rate(step))
       if pending is not None:
         flush(pending)
       pending = (step + 1, device_metrics)
@@ -467,7 +386,7 @@ def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.Checkpoi
         writer.write(step, metrics)
         if jax.process_index() == 0:
           print(f"[{label}] eval step {step}: " + ", ".join(
-              f"{k.split('/', 1)[1]} {v:.4f}" for k, v in metrics.items() if "/" in k),
+              f"{k} {v:.4f}" for k, v in naming.eval_losses(metrics).items()),
                 flush=True)
       if (step % t.checkpoint_every == 0 or step in save_steps or step == end_step or
           preemption.requested):
@@ -507,50 +426,42 @@ def check_resumable(config: ml_collections.ConfigDict, directory: epath.Path) ->
   if stored is None:
     return
   diffs = checkpoint.config_differences(stored, json.loads(config.to_json_best_effort()),
-                                        SAFE_TO_CHANGE)
+                                        config_lib.SAFE_TO_CHANGE)
   if diffs:
     raise ValueError(
         f"the workdir {directory} holds a run with a different config; differing keys: "
         f"{', '.join(diffs)}. Use a new workdir, or change only keys that are safe on "
-        f"resume ({', '.join(SAFE_TO_CHANGE)}).")
+        f"resume ({', '.join(config_lib.SAFE_TO_CHANGE)}).")
 
 
-def stored_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
-  """The resolved config a workdir's main branch was trained with."""
-  directory = checkpoint.main_dir(workdir)
-  stored = checkpoint.read_json(directory / "config.json")
-  if stored is None:
-    raise FileNotFoundError(f"--workdir {workdir} holds no main branch (no {directory}/"
-                            "config.json); train it first")
-  def merge(defaults, values):
-    out = dict(defaults)
-    for key, value in values.items():
-      # Free-form sections (a schedule's options, the named averages) are taken whole.
-      nested = isinstance(value, dict) and isinstance(out.get(key), dict)
-      out[key] = merge(out[key], value) if nested and key not in ("schedule", "averages") \
-          else value
-    return out
-
-  config = ml_collections.ConfigDict(merge(default_config().to_dict(), stored))
-  config.lock()
-  return config
+def start(config: ml_collections.ConfigDict) -> None:
+  """The boundary of every command that trains: jax.distributed first (validation counts
+  devices), then the one validation of the config."""
+  parallel.maybe_initialize_distributed(**config.distributed.to_dict())
+  config_lib.validate_config(config)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+Hook = Callable[[int, TrainState, Any], TrainState]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       hook: Hook | None = None, hook_steps: frozenset[int] = frozenset(),
+                       on_restore: Callable[[int | None, TrainState, Any], None] | None = None
+                       ) -> dict[str, Any]:
   """Trains the main branch in ``workdir/main`` (resuming if it holds a checkpoint).
 
-  Returns the last evaluation metrics. Planned decay branches (``config.branches.budgets``)
-  are taken when the main run passes ``(1 - cooldown_fraction) * budget``.
+  ``config`` has passed ``start``. ``hook(step, state, train_iter)`` runs on the host after
+  each step in ``hook_steps`` (those steps are also checkpointed and kept by retention);
+  ``on_restore(step, state, train_iter)`` runs once before the loop (``step`` is None for a
+  fresh run). Post-hoc snapshots (``train.snapshot_every``) are taken here. Returns the last
+  evaluation metrics.
   """
-  parallel.maybe_initialize_distributed(**config.distributed.to_dict())
-  validate_config(config)
   directory = checkpoint.main_dir(workdir)
   check_resumable(config, directory)
   run = build_run(config, workdir)
-  plan = planned_branches(config)
   store = checkpoint.CheckpointStore(
       directory, keep_latest=config.train.keep_checkpoints,
-      keep_period=config.train.keep_period, keep_steps=[p["branch_step"] for p in plan],
+      keep_period=config.train.keep_period, keep_steps=sorted(hook_steps),
       async_save=config.train.async_checkpoints)
   state, train_iter, restored = restore_or_init(run, store)
   if restored is None:
@@ -561,62 +472,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   snapshots = _snapshot_writer(config, directory)
   if snapshots is not None:
     snapshots.discard_after(restored or 0)  # snapshots newer than the resumed state are redone
-  from anytime.experiments import branch as branch_lib  # pylint: disable=g-import-not-at-top
+  snapshot_every = config.train.snapshot_every
 
   def on_step(step, state, train_iter):
-    if snapshots is not None and step % config.train.snapshot_every == 0:
+    if snapshots is not None and step % snapshot_every == 0:
       snapshots.save(step, posthoc.tracked_averages(state.opt_state, snapshots.tracking))
-    for p in plan:
-      if p["branch_step"] == step and not branch_lib.branch_finished(workdir, p["name"]):
-        branch_lib.run_branch_from_state(config, workdir, state, train_iter, **p)
+    if hook is not None and step in hook_steps:
+      state = hook(step, state, train_iter)
     return state
 
-  needs_hook = bool(plan) or snapshots is not None
-  branch_steps = frozenset(p["branch_step"] for p in plan)
-
   def hook_due(step):
-    return step in branch_steps or (snapshots is not None and
-                                    step % config.train.snapshot_every == 0)
+    return step in hook_steps or (snapshots is not None and step % snapshot_every == 0)
 
   try:
-    # Resumed at a branch point whose branch did not finish: run_loop only calls on_step after
-    # a step, so take that branch here.
-    for p in plan:
-      if p["branch_step"] == restored and not branch_lib.branch_finished(workdir, p["name"]):
-        branch_lib.run_branch_from_state(config, workdir, state, train_iter, **p)
-    state = run_loop(run, state, train_iter, store, writer, end_step=config.train.total_steps,
-                     eval_steps=frozenset(config.train.eval_at),
-                     save_steps=branch_steps, on_step=on_step if needs_hook else None,
-                     hook_due=hook_due)
+    if on_restore is not None:
+      on_restore(restored, state, train_iter)
+    run_loop(run, state, train_iter, store, writer, end_step=config.train.total_steps,
+             eval_steps=frozenset(config.train.eval_at), save_steps=hook_steps,
+             on_step=on_step if (hook is not None or snapshots is not None) else None,
+             hook_due=hook_due)
   finally:
     store.close()
     writer.close()
     if snapshots is not None:
       snapshots.close()
-  last = [m for m in read_metrics(directory) if any(k.startswith("eval_loss/") for k in m)]
-  return last[-1] if last else {}
+  return last_evaluation(directory)
 
 
-def planned_branches(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-  """The decay branches a run takes by itself: one per budget, cooldown at the end."""
-  b = config.branches
-  plan = []
-  for budget in sorted(set(b.budgets)):
-    cooldown = max(1, round(b.cooldown_fraction * budget))
-    plan.append(dict(name=f"{b.shape}_{budget}", branch_step=budget - cooldown,
-                     cooldown_steps=cooldown, shape=b.shape, final_fraction=b.final_fraction))
-  return plan
-
-
-def posthoc_tracking(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The power EMAs tracked for post-hoc averaging (none when snapshots are off)."""
-  if not config.train.snapshot_every:
-    return {}
-  return posthoc.default_tracking(tuple(config.train.snapshot_sigma_rels))
+def last_evaluation(directory: str | epath.Path) -> dict[str, Any]:
+  """The last evaluation record of a run or branch directory ({} if none)."""
+  evals = [m for m in read_metrics(directory) if naming.is_eval_record(m)]
+  return evals[-1] if evals else {}
 
 
 def _snapshot_writer(config, directory):
   if not config.train.snapshot_every:
     return None
-  return posthoc.SnapshotWriter(str(directory / "snapshots"), posthoc_tracking(config),
+  return posthoc.SnapshotWriter(str(directory / "snapshots"), config_lib.posthoc_tracking(config),
                                 keep=config.train.snapshot_keep)

@@ -1,4 +1,4 @@
-"""Decay branches (WSD) and WSD-S, started from main-branch checkpoints.
+"""Decay branches (WSD), WSD-S, and the branches a main run plans for itself.
 
 A branch restores the main branch's state at step S (params, optimizer state with its averages,
 data iterator), continues with ``schedules.decay_branch(main_schedule, S, K, shape, fraction)``
@@ -10,21 +10,66 @@ decayed state and continues from it at peak (Wen et al. 2024).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
-from anytime import checkpoint, schedules
-from anytime import train as train_lib
+from anytime import checkpoint, loop, naming, schedules
+from anytime import config as config_lib
 
 LINEAGE = "lineage.json"
 
 
-def branch_name(shape: str, branch_step: int, cooldown_steps: int) -> str:
-  return f"{shape}_{branch_step + cooldown_steps}"
+class PlannedBranch(NamedTuple):
+  """A decay branch a main run takes by itself when it passes ``branch_step``."""
+
+  name: str
+  branch_step: int
+  cooldown_steps: int
+  shape: str
+  final_fraction: float
+
+
+def planned_branches(config: ml_collections.ConfigDict) -> list[PlannedBranch]:
+  """One branch per budget in ``config.branches.budgets``, its cooldown ending at the budget."""
+  b = config.branches
+  plan = []
+  for budget in sorted(set(b.budgets)):
+    cooldown = naming.cooldown_steps(b.cooldown_fraction, budget)
+    plan.append(PlannedBranch(naming.branch_name(b.shape, budget), budget - cooldown, cooldown,
+                              b.shape, b.final_fraction))
+  return plan
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains the main branch (resuming if it can) and takes its planned decay branches.
+
+  Returns the main branch's last evaluation metrics.
+  """
+  loop.start(config)
+  plan = planned_branches(config)
+
+  def take_branches(step, state, train_iter):
+    for p in plan:
+      if p.branch_step == step and not branch_finished(workdir, p.name):
+        run_branch_from_state(config, workdir, state, train_iter, **p._asdict())
+
+  def hook(step, state, train_iter):
+    take_branches(step, state, train_iter)
+    return state
+
+  def on_restore(restored, state, train_iter):
+    # Resumed exactly at a branch point whose branch did not finish: the loop only calls the
+    # hook after a step, so take that branch here.
+    if restored is not None:
+      take_branches(restored, state, train_iter)
+
+  return loop.train_and_evaluate(config, workdir, hook=hook if plan else None,
+                                 hook_steps=frozenset(p.branch_step for p in plan),
+                                 on_restore=on_restore if plan else None)
 
 
 def branch_finished(workdir: str | epath.Path, name: str) -> bool:
@@ -45,17 +90,17 @@ def _branch_schedule(config: ml_collections.ConfigDict, branch_step: int, cooldo
   return schedule
 
 
-def _copy_iterator(run: train_lib.Run, source_iterator):
+def _copy_iterator(run: loop.Run, source_iterator):
   iterator = run.make_train_iterator()
   iterator.set_state(source_iterator.get_state())
   return iterator
 
 
 def run_branch_from_state(config: ml_collections.ConfigDict, workdir: str | epath.Path,
-                          state: train_lib.TrainState,
+                          state: loop.TrainState,
                           train_iter, *, name: str, branch_step: int, cooldown_steps: int,
                           shape: str, final_fraction: float,
-                          branch_run: train_lib.Run | None = None) -> train_lib.TrainState:
+                          branch_run: loop.Run | None = None) -> loop.TrainState:
   """Runs one decay branch from an in-memory main state; returns the branch's final state.
 
   The main state and iterator are copied, never consumed, so the main run goes on unchanged.
@@ -63,7 +108,7 @@ def run_branch_from_state(config: ml_collections.ConfigDict, workdir: str | epat
   """
   directory = checkpoint.branch_dir(workdir, name)
   schedule = _branch_schedule(config, branch_step, cooldown_steps, shape, final_fraction)
-  run = branch_run or train_lib.build_run(config, workdir, schedule_override=schedule)
+  run = branch_run or loop.build_run(config, workdir, schedule_override=schedule)
   state = jax.tree.map(jnp.copy, state)
   iterator = _copy_iterator(run, train_iter)
   lineage = dict(parent="main", parent_step=branch_step, cooldown_steps=cooldown_steps,
@@ -82,9 +127,9 @@ def run_branch_from_state(config: ml_collections.ConfigDict, workdir: str | epat
     multihost_utils.sync_global_devices(f"anytime_branch_{name}")
   store = checkpoint.CheckpointStore(directory, keep_latest=1,
                                      async_save=config.train.async_checkpoints)
-  writer = train_lib.MetricsWriter(directory)
+  writer = loop.MetricsWriter(directory)
   try:
-    state = train_lib.run_loop(run, state, iterator, store, writer,
+    state = loop.run_loop(run, state, iterator, store, writer,
                                end_step=branch_step + cooldown_steps, label=f"branch {name}")
   finally:
     store.close()
@@ -106,7 +151,8 @@ def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "l
   if mode not in ("wsd", "wsd_s"):
     raise ValueError(f"--mode must be 'wsd' or 'wsd_s', got {mode!r}")
   main_directory = checkpoint.main_dir(workdir)
-  config = train_lib.stored_config(workdir)
+  config = config_lib.stored_config(workdir)
+  loop.start(config)
   main_store = checkpoint.CheckpointStore(main_directory, read_only=True)
   steps = main_store.all_steps()
   if from_step not in steps:
@@ -115,11 +161,11 @@ def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "l
   if mode == "wsd_s" and steps[-1] > from_step:
     raise ValueError(f"--mode wsd_s needs the main branch paused at --from-step {from_step}, "
                      f"but it has checkpoints up to step {steps[-1]}")
-  name = name or branch_name(shape, from_step, cooldown_steps)
+  name = name or naming.branch_name(shape, from_step + cooldown_steps)
   if branch_finished(workdir, name):
     raise ValueError(f"branch {name!r} already exists in {workdir}; pick another --name")
   schedule = _branch_schedule(config, from_step, cooldown_steps, shape, final_fraction)
-  run = train_lib.build_run(config, workdir, schedule_override=schedule)
+  run = loop.build_run(config, workdir, schedule_override=schedule)
   iterator = run.make_train_iterator()
   state = main_store.restore(from_step, run.abstract_state, iterator)
   main_store.close()
@@ -131,8 +177,8 @@ def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "l
     store = checkpoint.CheckpointStore(main_directory,
                                        keep_latest=config.train.keep_checkpoints,
                                        keep_period=config.train.keep_period,
-                                       keep_steps=[end] + [p["branch_step"] for p in
-                                                           train_lib.planned_branches(config)])
+                                       keep_steps=[end] + [p.branch_step for p in
+                                                           planned_branches(config)])
     branch_store = checkpoint.CheckpointStore(checkpoint.branch_dir(workdir, name),
                                               read_only=True)
     iterator = run.make_train_iterator()
@@ -143,6 +189,4 @@ def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "l
     history = checkpoint.read_json(main_directory / LINEAGE) or {"adopted": []}
     history["adopted"].append(dict(branch=name, from_step=from_step, at_step=end))
     checkpoint.write_json(main_directory / LINEAGE, history)
-  evals = [m for m in train_lib.read_metrics(checkpoint.branch_dir(workdir, name))
-           if any(k.startswith("eval_loss/") for k in m)]
-  return evals[-1] if evals else {}
+  return loop.last_evaluation(checkpoint.branch_dir(workdir, name))

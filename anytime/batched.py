@@ -1,0 +1,287 @@
+"""Many runs as one program: runs that differ only in their schedule and seed are trained
+together, their states stacked on a leading ``run`` axis and the train step vmapped over it.
+
+    specs = [batched.RunSpec(name=f"lr{lr}", config=config_with(lr), directory=path / "main",
+                             end_step=800) for lr in (1e-3, 2e-3, 4e-3)]
+    batched.train_group(specs, workdir=path)
+
+Each run keeps its own directory exactly as a single run writes it (Orbax checkpoints with its
+data iterator, ``metrics.jsonl``, post-hoc snapshots), so resuming, decay branches, post-hoc
+evaluation and reports read it like any other run; only the computation is shared. The learning
+rate is an input of the compiled step (``loop.Run.step_fn``), so every schedule of a suite uses
+the same program: one compilation per (model, optimizer structure, number of runs). A run
+trained in a group equals the same run trained alone to float32 rounding (tests/test_batched.py).
+
+A run whose loss or gradient turns non-finite (a too-large LR in a grid) is *diverged*: its
+update is dropped as in ``loop``, its later evaluations are recorded as NaN, and the other runs
+go on. The group's mesh is one device; the run axis is what is parallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+
+from anytime import averaging, checkpoint, loop, naming, posthoc, schedules
+from anytime import config as config_lib
+from anytime.lm import data as data_lib
+
+# Keys that may differ between the runs of one group (everything else is the shared program).
+PER_RUN_KEYS = ("seed", "optimizer.schedule", "train.total_steps", "train.eval_at", "branches")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One run of a group.
+
+  Attributes:
+    name: a label for progress lines and errors.
+    config: the run's validated training config (its schedule and seed are its own).
+    directory: where its checkpoints, metrics and snapshots go (``<run>/main`` or a branch dir).
+    end_step: the step it trains to.
+    start: ``(directory, step)`` of a checkpoint to start from (decay branches), else None.
+    schedule: replaces ``config.optimizer.schedule`` (decay branches), else None.
+    eval_steps: steps to evaluate at, besides ``train.eval_every`` multiples and the end.
+    keep_steps: checkpoints kept by retention (branch points of later groups).
+  """
+
+  name: str
+  config: ml_collections.ConfigDict
+  directory: epath.Path
+  end_step: int
+  start: tuple[epath.Path, int] | None = None
+  schedule: Mapping[str, Any] | None = None
+  eval_steps: frozenset[int] = frozenset()
+  keep_steps: frozenset[int] = frozenset()
+
+  @property
+  def start_step(self) -> int:
+    return self.start[1] if self.start else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  """What a group reports at each log step."""
+
+  step: int
+  end_step: int
+  runs: int
+  tokens_per_sec: float
+  seconds: float
+
+
+def shared_key(spec: RunSpec) -> str:
+  """Runs with the same key (and the same start and end step) can be trained as one group."""
+  flat = checkpoint.flatten(json.loads(spec.config.to_json_best_effort()))
+  shared = {k: v for k, v in flat.items()
+            if not any(k == p or k.startswith(p + ".") for p in PER_RUN_KEYS)}
+  return json.dumps(shared, sort_keys=True, default=str)
+
+
+def group_runs(specs: Sequence[RunSpec], max_runs: int) -> list[list[RunSpec]]:
+  """Splits specs into groups that share a program, a start and an end step; at most
+  ``max_runs`` runs per group (large groups are cut into near-equal parts)."""
+  if max_runs < 1:
+    raise ValueError(f"max_runs must be a positive integer, got {max_runs!r}")
+  buckets: dict[tuple, list[RunSpec]] = {}
+  for spec in specs:
+    buckets.setdefault((shared_key(spec), spec.start_step, spec.end_step), []).append(spec)
+  groups = []
+  for bucket in buckets.values():
+    parts = -(-len(bucket) // max_runs)
+    size = -(-len(bucket) // parts)
+    groups += [bucket[i:i + size] for i in range(0, len(bucket), size)]
+  return groups
+
+
+def finished(spec: RunSpec) -> bool:
+  """Whether a run's directory already holds its evaluation at ``end_step``."""
+  last = loop.last_evaluation(spec.directory)
+  return bool(last) and last["step"] >= spec.end_step
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _take(tree, i):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+class _Member:
+  """The host side of one run in a group: schedule table, data, store, metrics, snapshots."""
+
+  def __init__(self, spec: RunSpec, template: loop.Run):
+    self.spec = spec
+    t = spec.config.train
+    schedule_config = spec.schedule or spec.config.optimizer.schedule.to_dict()
+    self.learning_rates = loop.learning_rate_table(
+        schedules.from_config(schedule_config), 0, spec.end_step + 1)
+    self.iterator = data_lib.make_train_iterator(
+        spec.config.data, template.tokenizer, seq_len=t.seq_len, global_batch_size=t.batch_size,
+        seed=spec.config.seed)
+    self.store = checkpoint.CheckpointStore(
+        spec.directory, keep_latest=t.keep_checkpoints, keep_period=t.keep_period,
+        keep_steps=sorted(spec.keep_steps), async_save=t.async_checkpoints)
+    self.writer: loop.MetricsWriter | None = None
+    self.snapshots = None
+    if t.snapshot_every:
+      self.snapshots = posthoc.SnapshotWriter(
+          str(spec.directory / "snapshots"), config_lib.posthoc_tracking(spec.config),
+          keep=t.snapshot_keep)
+    self.diverged_at: int | None = None
+
+  def close(self):
+    self.store.close()
+    if self.writer is not None:
+      self.writer.close()
+    if self.snapshots is not None:
+      self.snapshots.close()
+
+
+def _common_checkpoint(members: Sequence[_Member]) -> int | None:
+  steps = set(members[0].store.all_steps())
+  for m in members[1:]:
+    steps &= set(m.store.all_steps())
+  return max(steps) if steps else None
+
+
+def _initial_state(members: Sequence[_Member], template: loop.Run):
+  """Stacked state and start step: a common checkpoint of every run, else each run's start."""
+  resume = _common_checkpoint(members)
+  if resume is not None:
+    states = [m.store.restore(resume, template.abstract_state, m.iterator) for m in members]
+    return _stack(states), resume
+  if members[0].spec.start is not None:
+    states = []
+    for m in members:
+      source, step = m.spec.start
+      store = checkpoint.CheckpointStore(source, read_only=True)
+      states.append(store.restore(step, template.abstract_state, m.iterator))
+      store.close()
+    return _stack(states), members[0].spec.start_step
+  seeds = np.array([m.spec.config.seed for m in members], np.uint32)
+  return jax.jit(jax.vmap(template.init_fn))(seeds), 0
+
+
+def train_group(specs: Sequence[RunSpec], *, workdir: str | epath.Path,
+                progress: Callable[[Progress], None] | None = None) -> None:
+  """Trains every run of one group to its ``end_step`` (resuming from a common checkpoint).
+
+  ``specs`` share ``shared_key``, start and end step (``group_runs`` makes such groups) and
+  have passed ``config.validate_config``; ``workdir`` holds the tokenizer (``loop.build_run``).
+  """
+  if not specs:
+    return
+  first = specs[0]
+  for spec in specs[1:]:
+    if (shared_key(spec), spec.start_step, spec.end_step) != (
+        shared_key(first), first.start_step, first.end_step):
+      raise ValueError(f"run {spec.name!r} cannot be trained in one group with {first.name!r}: "
+                       "they differ in more than schedule and seed, or in start/end step")
+  if (first.config.parallel.num_devices or jax.device_count()) != 1:
+    raise ValueError("parallel.num_devices must be 1 for batched runs (the run axis is the "
+                     f"parallel one), got {first.config.parallel.num_devices}")
+  template = loop.build_run(first.config, workdir)
+  members = [_Member(spec, template) for spec in specs]
+  try:
+    _train(members, template, progress)
+  finally:
+    for m in members:
+      m.close()
+
+
+def _train(members: list[_Member], template: loop.Run,
+           progress: Callable[[Progress], None] | None) -> None:
+  t = members[0].spec.config.train
+  end = members[0].spec.end_step
+  states, step = _initial_state(members, template)
+  for m in members:
+    m.writer = loop.MetricsWriter(m.spec.directory, truncate_after=step)
+    if m.snapshots is not None:
+      m.snapshots.discard_after(step)
+  step_fn = jax.jit(jax.vmap(template.step_fn), donate_argnums=0)
+  eval_fn = jax.jit(jax.vmap(template.eval_fn, in_axes=(0, None)))
+  tokens_per_step = t.batch_size * t.seq_len
+  eval_steps = frozenset().union(*(m.spec.eval_steps for m in members))
+  save_steps = frozenset().union(*(m.spec.keep_steps for m in members))
+  start_time = last_time = time.perf_counter()
+  last_step = step
+  pending = None
+  while step < end:
+    batch = {key: np.stack([b[key] for b in batches])
+             for batches in [[next(m.iterator) for m in members]] for key in batches[0]}
+    lrs = np.array([m.learning_rates[step] for m in members], np.float32)
+    states, metrics = step_fn(states, batch, lrs)
+    step += 1
+    if pending is not None:
+      _log(members, *pending, tokens_per_step)
+    pending = (step, metrics)
+    if step % t.log_every == 0 or step == end:
+      _log(members, *pending, tokens_per_step)
+      pending = None
+      now = time.perf_counter()
+      rate = (step - last_step) / max(now - last_time, 1e-9) * tokens_per_step * len(members)
+      last_time, last_step = now, step
+      if progress is not None:
+        progress(Progress(step, end, len(members), rate, now - start_time))
+    if step % t.eval_every == 0 or step in eval_steps or step == end:
+      if pending is not None:
+        _log(members, *pending, tokens_per_step)
+        pending = None
+      _evaluate(members, template, eval_fn, states, step, tokens_per_step)
+    if step % t.checkpoint_every == 0 or step in save_steps or step == end:
+      for i, m in enumerate(members):
+        if step not in m.store.all_steps():
+          m.store.save(step, _take(states, i), m.iterator)
+    if t.snapshot_every and step % t.snapshot_every == 0:
+      for i, m in enumerate(members):
+        m.snapshots.save(step, posthoc.tracked_averages(_take(states.opt_state, i),
+                                                        m.snapshots.tracking))
+  for m in members:
+    m.store.wait()
+
+
+def _log(members: Sequence[_Member], step: int, device_metrics: Mapping[str, Any],
+         tokens_per_step: int) -> None:
+  """Marks diverged runs; writes the training-loss record of each run at log steps."""
+  metrics = jax.device_get(device_metrics)
+  t = members[0].spec.config.train
+  for i, m in enumerate(members):
+    if not bool(metrics["finite"][i]) and m.diverged_at is None:
+      m.diverged_at = step
+      m.writer.write(step, {"diverged": True, "loss": float(metrics["loss"][i])})
+      print(f"[{m.spec.name}] non-finite loss or gradient at step {step}: diverged; its later "
+            "evaluations are recorded as NaN", flush=True)
+    if step % t.log_every == 0 or step == m.spec.end_step:
+      m.writer.write(step, {"loss": float(metrics["loss"][i]),
+                            "grad_norm": float(metrics["grad_norm"][i]),
+                            "lr": float(metrics["lr"][i]), "tokens": step * tokens_per_step})
+
+
+def _evaluate(members: Sequence[_Member], template: loop.Run, eval_fn, states, step: int,
+              tokens_per_step: int) -> None:
+  """Validation loss of every run's raw params and averages, all runs in one call per batch."""
+  candidates = averaging.eval_params(states.opt_state, states.params)
+  totals = {name: [eval_fn(params, batch) for batch in template.eval_batches]
+            for name, params in candidates.items()}  # all dispatched before any is read
+  losses = {}
+  for name, parts in totals.items():
+    sums = sum(np.asarray(a, np.float64) for a, _ in parts)
+    counts = sum(np.asarray(b, np.float64) for _, b in parts)
+    losses[name] = sums / np.maximum(counts, 1.0)
+  for i, m in enumerate(members):
+    record = {naming.eval_key(name): (float("nan") if m.diverged_at is not None
+                                      else float(values[i]))
+              for name, values in losses.items()}
+    record["tokens"] = step * tokens_per_step
+    m.writer.write(step, record)

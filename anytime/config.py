@@ -1,0 +1,147 @@
+"""The one schema of a training run (``default_config``), its validation, and the stored config
+of a workdir. Config files import this module only, never the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import ml_collections
+from etils import epath
+
+from anytime import checkpoint, optimizers, parallel, posthoc
+from anytime.lm import data as data_lib
+from anytime.lm import model as model_lib
+
+# Keys whose change on resume is accepted: they do not change what the run computes up to the
+# step it resumes from (for an anytime schedule, the total length is one of them).
+SAFE_TO_CHANGE = (
+    "train.total_steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.keep_period", "train.eval_batches",
+    "train.snapshot_keep", "train.peak_flops_per_device", "data.worker_count",
+    "data.cache_dir", "branches", "distributed",
+)
+def default_config() -> ml_collections.ConfigDict:
+  """The one schema of a training run: every key with its default."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  model = dataclasses.asdict(model_lib.ModelConfig())
+  model["vocab_size"] = 0  # 0 = the tokenizer's vocabulary, padded to train.vocab_multiple.
+  c.model = ml_collections.ConfigDict(model)
+  c.data = data_lib.default_config()
+  c.optimizer = optimizers.default_config()
+  c.parallel = ml_collections.ConfigDict(dict(
+      mesh=dict(data=-1, fsdp=1, tensor=1),  # one axis may be -1 (= the remaining devices)
+      rules=[list(r) for r in parallel.DEFAULT_RULES],
+      num_devices=0,  # 0 = all devices; N = the first N (tests, single-device references)
+  ))
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address="", num_processes=0, process_id=-1))
+  c.train = ml_collections.ConfigDict(dict(
+      total_steps=1000,
+      batch_size=32,  # global, in sequences
+      seq_len=128,
+      vocab_multiple=8,
+      eval_every=100,
+      eval_batches=8,  # 0 = the whole validation split
+      eval_batch_size=0,  # 0 = batch_size
+      eval_at=[],  # extra steps to evaluate at (e.g. every horizon of a suite)
+      log_every=10,
+      checkpoint_every=500,
+      keep_checkpoints=3,
+      keep_period=0,  # also keep every checkpoint whose step is a multiple of this
+      nan_policy="stop",  # "stop": fail with a clear error; "skip": drop the update and count it
+      max_skipped_updates=10,  # with "skip": give up after this many consecutive bad steps
+      snapshot_every=0,  # post-hoc averaging snapshots of two power EMAs (0 = off)
+      snapshot_keep=0,  # snapshots kept (0 = all)
+      snapshot_sigma_rels=[0.05, 0.10],  # the tracked power EMAs (anytime.posthoc)
+      peak_flops_per_device=0.0,  # 0 = from the device kind (MFU is omitted when unknown)
+      async_checkpoints=True,
+  ))
+  c.branches = ml_collections.ConfigDict(dict(
+      budgets=[],  # steps at which decayed checkpoints are wanted (the ends of the branches)
+      cooldown_fraction=0.2,
+      shape="linear",
+      final_fraction=0.0,
+  ))
+  c.lock()
+  return c
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses impossible configs with a message naming the key, before any compilation."""
+  t = config.train
+  for key in ("total_steps", "batch_size", "seq_len", "eval_every", "log_every",
+              "checkpoint_every", "vocab_multiple", "keep_checkpoints"):
+    value = t[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"train.{key} must be a positive integer, got {value!r}")
+  for key in ("eval_batches", "eval_batch_size", "keep_period", "snapshot_every",
+              "snapshot_keep", "max_skipped_updates"):
+    if not isinstance(t[key], int) or t[key] < 0:
+      raise ValueError(f"train.{key} must be a non-negative integer, got {t[key]!r}")
+  if t.nan_policy not in ("stop", "skip"):
+    raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {t.nan_policy!r}")
+  if config.model.max_len < t.seq_len:
+    raise ValueError(f"model.max_len ({config.model.max_len}) must be >= train.seq_len "
+                     f"({t.seq_len})")
+  schedule = config.optimizer.schedule
+  warmup = schedule.get("warmup_steps", 0)
+  if warmup and warmup >= t.total_steps:
+    raise ValueError(f"optimizer.schedule.warmup_steps ({warmup}) must be smaller than "
+                     f"train.total_steps ({t.total_steps})")
+  b = config.branches
+  if not 0 < b.cooldown_fraction <= 1:
+    raise ValueError(f"branches.cooldown_fraction must be in (0, 1], got {b.cooldown_fraction!r}")
+  for budget in b.budgets:
+    if not isinstance(budget, int) or budget < 1 or budget > t.total_steps:
+      raise ValueError(f"branches.budgets entries must be integers in [1, train.total_steps="
+                       f"{t.total_steps}], got {budget!r}")
+  num_devices = config.parallel.num_devices or jax.device_count()
+  if num_devices > jax.device_count():
+    raise ValueError(f"parallel.num_devices ({num_devices}) exceeds the {jax.device_count()} "
+                     "devices present")
+  shape = dict(zip(parallel.MESH_AXES,
+                   parallel.mesh_shape(config.parallel.mesh, num_devices)))
+  batch_axes = dict(map(tuple, config.parallel.rules)).get("batch")
+  batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
+  batch_shards = math.prod(shape[a] for a in batch_axes)
+  for key in ("batch_size", "eval_batch_size"):
+    if t[key] and t[key] % batch_shards:
+      raise ValueError(f"train.{key} ({t[key]}) must be divisible by the data-parallel size "
+                       f"{batch_shards} (mesh axes {batch_axes} of {shape})")
+    if t[key] and t[key] % jax.process_count():
+      raise ValueError(f"train.{key} must be divisible by the {jax.process_count()} processes")
+  optimizers.build(config.optimizer, posthoc_tracking(config))  # validates optimizer + averages
+  model_lib.ModelConfig(**{**config.model.to_dict(), "vocab_size": 1})
+  data_lib.validate_config(config.data)
+
+
+def stored_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
+  """The resolved config a workdir's main branch was trained with."""
+  directory = checkpoint.main_dir(workdir)
+  stored = checkpoint.read_json(directory / "config.json")
+  if stored is None:
+    raise FileNotFoundError(f"--workdir {workdir} holds no main branch (no {directory}/"
+                            "config.json); train it first")
+  def merge(defaults, values):
+    out = dict(defaults)
+    for key, value in values.items():
+      # Free-form sections (a schedule's options, the named averages) are taken whole.
+      nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+      out[key] = merge(out[key], value) if nested and key not in ("schedule", "averages") \
+          else value
+    return out
+
+  config = ml_collections.ConfigDict(merge(default_config().to_dict(), stored))
+  config.lock()
+  return config
+
+
+def posthoc_tracking(config: ml_collections.ConfigDict) -> dict:
+  """The power EMAs tracked for post-hoc averaging (none when snapshots are off)."""
+  if not config.train.snapshot_every:
+    return {}
+  return posthoc.default_tracking(tuple(config.train.snapshot_sigma_rels))

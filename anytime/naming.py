@@ -1,0 +1,45 @@
+"""The project's naming rules in one place: run, branch and average names, metric keys, and the
+cooldown length of a decay branch. Every layer that needs one of these calls it from here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+EVAL_PREFIX = "eval_loss/"
+
+
+def eval_key(candidate: str) -> str:
+  """The metrics key of one evaluated candidate (``raw``, an average's name, ...)."""
+  return EVAL_PREFIX + candidate
+
+
+def is_eval_record(record: Mapping[str, Any]) -> bool:
+  """Whether a metrics record holds evaluations (rather than training-loss logs)."""
+  return any(key.startswith(EVAL_PREFIX) for key in record)
+
+
+def eval_losses(record: Mapping[str, Any]) -> dict[str, float]:
+  """``{candidate: loss}`` of one metrics record."""
+  return {key[len(EVAL_PREFIX):]: value for key, value in record.items()
+          if key.startswith(EVAL_PREFIX)}
+
+
+def cooldown_steps(fraction: float, horizon: int) -> int:
+  """The cooldown length of a decay branch that ends at ``horizon``: at least one step."""
+  return max(1, round(fraction * horizon))
+
+
+def branch_name(shape: str, end_step: int) -> str:
+  """The directory name of a decay branch: its cooldown shape and the step it ends at."""
+  return f"{shape}_{end_step}"
+
+
+def ema_name(factor: float) -> str:
+  """The name of an anytime EMA with factor f (``ema_25``, ``ema_6p25``)."""
+  return "ema_" + f"{factor:g}".replace(".", "p")
+
+
+def lr_tag(lr: float) -> str:
+  """A short tag of a learning rate for run names (``3e-3``)."""
+  return f"{lr:.0e}".replace("e-0", "e-").replace("+0", "")

@@ -1,0 +1,130 @@
+"""Many runs as one program equal each run trained alone (to float32 rounding).
+
+The reference trains every run by itself with the single-run jitted step (``loop.Run``) and
+its own data iterator; the group trains them stacked and vmapped. 12 runs cover the >= 9
+parameter copies at which a vmapped NNX model once gave wrong losses on CPU.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+
+from anytime import averaging, batched, checkpoint, loop, naming, schedules
+from anytime import config as config_lib
+
+from _tiny import tiny_config
+
+pytestmark = pytest.mark.slow  # whole training runs
+
+STEPS = 8
+
+
+def run_config(lr: float, seed: int, schedule: str = "cosine"):
+  config = tiny_config(**{
+      "seed": seed, "parallel.num_devices": 1, "parallel.mesh": {"data": 1, "fsdp": 1,
+                                                                "tensor": 1},
+      "data.max_bytes": 100_000, "train.total_steps": STEPS, "train.log_every": 1,
+      "train.eval_every": STEPS // 2, "train.eval_batches": 2, "train.checkpoint_every": STEPS,
+  })
+  config.unlock()
+  config.optimizer.schedule = (
+      dict(name="cosine", peak_value=lr, total_steps=STEPS, warmup_steps=2) if schedule == "cosine"
+      else dict(name="constant", peak_value=lr, warmup_steps=2))
+  config.optimizer.averages = {"ema_4": dict(kind="anytime_ema", factor=4.0)}
+  config.lock()
+  config_lib.validate_config(config)
+  return config
+
+
+def specs_for(workdir: epath.Path, count: int) -> list[batched.RunSpec]:
+  lrs = [1e-3, 3e-3, 1e-2]
+  specs = []
+  for i in range(count):
+    lr, seed = lrs[i % 3], i // 3
+    config = run_config(lr, seed, "cosine" if i % 2 == 0 else "constant")
+    specs.append(batched.RunSpec(name=f"r{i}", config=config,
+                                 directory=workdir / f"r{i}" / "main", end_step=STEPS))
+  return specs
+
+
+def train_alone(spec: batched.RunSpec, workdir) -> tuple[list[float], object, dict]:
+  """The reference: the single-run jitted step, one run at a time."""
+  run = loop.build_run(spec.config, workdir)
+  state = run.init_state()
+  iterator = run.make_train_iterator()
+  losses = []
+  for step in range(STEPS):
+    state, metrics = run.train_step(state, next(iterator), run.learning_rate(step))
+    losses.append(float(metrics["loss"]))
+  evals = {name: run.validation_loss(p)
+           for name, p in averaging.eval_params(state.opt_state, state.params).items()}
+  return losses, state, evals
+
+
+@pytest.mark.parametrize("count", [1, 3, 12])
+def test_batched_equals_sequential(tmp_path, count):
+  specs = specs_for(tmp_path, count)
+  groups = batched.group_runs(specs, max_runs=12)
+  assert len(groups) == 1 and len(groups[0]) == count
+  batched.train_group(groups[0], workdir=tmp_path)
+  for spec in specs:
+    want_losses, want_state, want_evals = train_alone(spec, tmp_path)
+    records = loop.read_metrics(spec.directory)
+    got_losses = [r["loss"] for r in records if "loss" in r]
+    np.testing.assert_allclose(got_losses, want_losses, rtol=2e-5, err_msg=spec.name)
+    last = loop.last_evaluation(spec.directory)
+    assert last["step"] == STEPS
+    for name, value in want_evals.items():
+      np.testing.assert_allclose(last[naming.eval_key(name)], value, rtol=2e-5)
+    store = checkpoint.CheckpointStore(spec.directory, read_only=True)
+    run = loop.build_run(spec.config, tmp_path)
+    got_state = store.restore(STEPS, run.abstract_state)
+    store.close()
+    assert int(got_state.step) == STEPS
+    for got, want in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(want_state.params)):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    assert batched.finished(spec)
+
+
+def test_learning_rate_is_the_schedules_value(tmp_path):
+  spec = specs_for(tmp_path, 1)[0]
+  batched.train_group([spec], workdir=tmp_path)
+  schedule = schedules.from_config(spec.config.optimizer.schedule.to_dict())
+  got = {r["step"]: r["lr"] for r in loop.read_metrics(spec.directory) if "lr" in r}
+  # The record of step s holds the LR used for the update from s - 1 to s.
+  for step, lr in got.items():
+    np.testing.assert_allclose(lr, float(schedule(step - 1)), rtol=1e-6)
+
+
+def test_group_refuses_runs_that_differ_in_structure(tmp_path):
+  a, b = specs_for(tmp_path, 2)
+  config = run_config(1e-3, 0)
+  config.unlock()
+  config.optimizer.averages = {}
+  config.lock()
+  other = batched.RunSpec(name="other", config=config, directory=tmp_path / "o",
+                          end_step=STEPS)
+  assert len(batched.group_runs([a, b, other], max_runs=8)) == 2
+  with pytest.raises(ValueError, match="cannot be trained in one group"):
+    batched.train_group([a, other], workdir=tmp_path)
+  with pytest.raises(ValueError, match="max_runs"):
+    batched.group_runs([a], max_runs=0)
+
+
+def test_group_runs_splits_large_groups_evenly(tmp_path):
+  specs = specs_for(tmp_path, 12)
+  sizes = sorted(len(g) for g in batched.group_runs(specs, max_runs=5))
+  assert sizes == [4, 4, 4]
+
+
+def test_a_diverged_run_does_not_stop_the_others(tmp_path):
+  good = specs_for(tmp_path, 1)[0]
+  bad = batched.RunSpec(name="bad", config=run_config(1e6, 0), directory=tmp_path / "bad" / "main",
+                        end_step=STEPS)
+  batched.train_group([good, bad], workdir=tmp_path)
+  assert np.isnan(loop.last_evaluation(bad.directory)["eval_loss/raw"])
+  assert any(r.get("diverged") for r in loop.read_metrics(bad.directory))
+  assert np.isfinite(loop.last_evaluation(good.directory)["eval_loss/raw"])
