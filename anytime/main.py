@@ -27,6 +27,9 @@ _SHAPE = flags.DEFINE_string("shape", "linear", "branch: cooldown shape.")
 _FINAL_FRACTION = flags.DEFINE_float("final_fraction", 0.0, "branch: final LR fraction.")
 _NAME = flags.DEFINE_string("name", "", "branch: name (default <shape>_<end step>).")
 _MODE = flags.DEFINE_string("mode", "wsd", "branch: 'wsd' or 'wsd_s'.")
+_START_OVER = flags.DEFINE_bool(
+    "start_over", False, "train: start from step 0 in a workdir whose checkpoints are gone "
+    "(its config.json and metrics.jsonl are moved to main/previous-<n>/, never deleted).")
 _STEP = flags.DEFINE_list("step", [], "posthoc: target steps.")
 _SIGMA_REL = flags.DEFINE_list("sigma_rel", [], "posthoc: target sigma_rel values.")
 
@@ -187,7 +190,7 @@ def main(argv: list[str]) -> None:
     _apply_schedule_overrides(config, _SCHEDULE_OVERRIDES)
     from anytime import branches  # pylint: disable=g-import-not-at-top
 
-    result = branches.train(config, workdir)
+    result = branches.train(config, workdir, start_over=_START_OVER.value)
     print({k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
   elif command == "branch":
     if _FROM_STEP.value is None or _COOLDOWN_STEPS.value is None:

@@ -884,3 +884,193 @@ def test_branch_cli_refuses_names_outside_branches(name: str, reference: Path, t
   assert "Traceback" not in result.stderr
   assert (file_digests(workdir), file_digests(outside), sorted(os.listdir(outside))) == before
   assert not (workdir / "branches").exists()
+
+
+# ------------------------------------------------------------------------------ NaN streaks
+
+
+def test_skip_never_checkpoints_a_streak_and_keeps_the_last_good_one(tmp_path: Path, capsys):
+  """nan_policy="skip", NaNs at steps 5-6, checkpoints every 2 steps, retention keeps 1: the
+  saves of steps 6 and 8 wait until 3 finite updates in a row (step 9); the last checkpoint
+  before the streak (4) survives retention; the eval at step 8 is marked."""
+  config = tiny_config(train__total_steps=14, train__checkpoint_every=2, train__eval_every=4,
+                       train__keep_checkpoints=1, train__nan_policy="skip",
+                       train__clean_steps_before_save=3, train__async_checkpoints=False)
+  run = loop.build_run(config, str(tmp_path))
+  store = checkpoint.CheckpointStore(tmp_path / "main", keep_latest=1, async_save=False)
+  saved = []
+  original_save = store.save
+  store.save = lambda step, *a, **k: (saved.append(step), original_save(step, *a, **k))[1]
+  writer = loop.MetricsWriter(tmp_path / "main")
+  loop.run_loop(run, run.init_state(), NaNInjector(run.make_train_iterator(), {5, 6}), store,
+                writer, end_step=14)
+  store.wait()
+  writer.close()
+  assert saved == [2, 4, 9, 10, 12, 14]
+  assert store.all_steps() == [4, 14]  # 4 is protected: the newest state before the streak
+  store.close()
+  evals = {m["step"]: m for m in loop.read_metrics(tmp_path / "main") if "tokens" in m
+           and any(k.startswith("eval") for k in m)}
+  assert evals[8]["after_skipped_updates"] == 2
+  assert "after_skipped_updates" not in evals[4] and "after_skipped_updates" not in evals[12]
+  out = capsys.readouterr().out
+  assert "step 6: not checkpointed (2 skipped updates, 0 of train.clean_steps_before_save=3" in out
+  assert "the last good checkpoint is step 4" in out
+
+
+def test_nan_messages_name_the_policy_in_force(tmp_path: Path):
+  config = tiny_config(train__total_steps=6, train__checkpoint_every=2, train__eval_every=100,
+                       train__max_skipped_updates=1)
+  run = loop.build_run(config, str(tmp_path))
+  with pytest.raises(loop.TrainingError) as stop:
+    loop.run_loop(run, run.init_state(), NaNInjector(run.make_train_iterator(), {3}), NoStore(),
+                  loop.MetricsWriter(tmp_path / "a"), end_step=6)
+  assert "with train.nan_policy='stop'" in str(stop.value)
+  assert "the last good checkpoint is step 2" in str(stop.value)
+  assert "resume with train.nan_policy='skip'" in str(stop.value)
+  with pytest.raises(loop.TrainingError) as skip:
+    loop.run_loop(dataclasses.replace(run, config=_with(config, train__nan_policy="skip")),
+                  run.init_state(), NaNInjector(run.make_train_iterator(), {3, 4}), NoStore(),
+                  loop.MetricsWriter(tmp_path / "b"), end_step=6)
+  message = str(skip.value)
+  assert "2 non-finite updates in a row up to step 4" in message
+  assert "train.max_skipped_updates=1 that train.nan_policy='skip' drops" in message
+  assert "set train.nan_policy='skip'" not in message and "with 'skip'" not in message
+
+
+def test_nan_and_spike_policies_are_safe_to_change_on_resume(tmp_path: Path):
+  directory = tmp_path / "main"
+  directory.mkdir()
+  stored = tiny_config()
+  (directory / "config.json").write_text(stored.to_json_best_effort())
+  loop.check_resumable(tiny_config(train__nan_policy="skip", train__max_skipped_updates=3,
+                                   train__spike_policy="stop", train__spike_factor=5.0,
+                                   train__clean_steps_before_save=4), directory)
+  with pytest.raises(ValueError, match="differing keys: train.seq_len"):
+    loop.check_resumable(tiny_config(train__seq_len=16), directory)
+
+
+def _spiking(run: loop.Run, steps: set[int], factor: float = 1e6) -> loop.Run:
+  """The run with its reported loss multiplied by ``factor`` after the given (1-based) steps."""
+  def train_step(state, batch, lr):
+    step = int(state.step) + 1
+    state, metrics = run.train_step(state, batch, lr)
+    return state, dict(metrics, loss=metrics["loss"] * factor) if step in steps else metrics
+  return dataclasses.replace(run, train_step=train_step)
+
+
+def test_loss_spike_warns_or_stops(tmp_path: Path, capsys):
+  """A finite loss 1e6 x its running level: "warn" prints one warning naming the policy and
+  goes on; "stop" raises naming the policy and the alternatives; spike_factor=0 says nothing."""
+  config = tiny_config(train__total_steps=8, train__checkpoint_every=4, train__eval_every=100)
+  run = loop.build_run(config, str(tmp_path))
+  state = loop.run_loop(_spiking(run, {5, 6}), run.init_state(), run.make_train_iterator(),
+                        NoStore(), loop.MetricsWriter(tmp_path / "warn"), end_step=8)
+  assert int(state.step) == 8
+  out = capsys.readouterr().out
+  assert out.count("loss spike") == 1 and "WARNING: [main] loss spike at step 5" in out
+  assert "train.spike_policy='warn': going on" in out
+  with pytest.raises(loop.TrainingError, match=r"loss spike at step 5: .*train.spike_policy="
+                                               r"'stop': stopped; .*spike_factor=0"):
+    loop.run_loop(_spiking(dataclasses.replace(run, config=_with(config,
+                                                                 train__spike_policy="stop")),
+                           {5}), run.init_state(), run.make_train_iterator(), NoStore(),
+                  loop.MetricsWriter(tmp_path / "stop"), end_step=8)
+  loop.run_loop(_spiking(dataclasses.replace(run, config=_with(config, train__spike_factor=0.0)),
+                         {5}), run.init_state(), run.make_train_iterator(), NoStore(),
+                loop.MetricsWriter(tmp_path / "off"), end_step=8)
+  assert "loss spike" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ restarts, locks
+
+
+def test_orphaned_main_refuses_to_restart_and_start_over_keeps_the_old_files(reference: Path,
+                                                                             tmp_path: Path):
+  """Checkpoints gone, config.json + metrics.jsonl left: training used to start again from
+  step 0 and delete the old metrics. It refuses (one ValueError naming what it found); with
+  start_over it trains from scratch and keeps the old files under main/previous-0/."""
+  workdir = tmp_path / "run"
+  main = workdir / "main"
+  shutil.copytree(reference, workdir)
+  for p in list(main.iterdir()):
+    if p.name.isdigit():
+      shutil.rmtree(p)
+  before = file_digests(main)
+  with pytest.raises(ValueError, match=r"holds config.json and metrics.jsonl \(metrics up to "
+                                       r"step 40\) but no checkpoint.*--start-over"):
+    branches.train(tiny_config(), str(workdir))
+  assert file_digests(main) == before
+  branches.train(tiny_config(train__total_steps=8), str(workdir), start_over=True)
+  assert (main / "previous-0" / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+  assert (main / "previous-0" / "config.json").read_bytes() == before["config.json"]
+  assert max(m["step"] for m in loop.read_metrics(main)) == 8
+  with pytest.raises(ValueError, match="--start-over: .* holds checkpoints"):
+    branches.train(tiny_config(train__total_steps=8), str(workdir), start_over=True)
+
+
+def test_trainer_refuses_a_locked_workdir(reference: Path, tmp_path: Path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  before = file_digests(workdir / "main")
+  holder = _lock_holder(workdir / "main")
+  try:
+    start = time.monotonic()
+    with pytest.raises(checkpoint.WorkdirLocked, match=f"in use by pid {holder.pid}"):
+      branches.train(tiny_config(train__total_steps=45), str(workdir))
+    assert time.monotonic() - start < 10
+  finally:
+    holder.kill()
+    holder.wait()
+  after = file_digests(workdir / "main")
+  assert {k: v for k, v in after.items() if k != ".lock"} == \
+      {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_second_cli_trainer_exits_at_once_naming_the_first(tmp_path: Path):
+  """Two trainers on one workdir: the second used to crash inside an Orbax save and leave
+  duplicate metrics rows; now it exits at once with one line naming the first's pid."""
+  workdir = tmp_path / "run"
+  first = Trainer(workdir, tmp_path / "first.log")
+  try:
+    first.wait_for_step(3)
+    second = subprocess.run(cli_args(workdir), cwd=REPO, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert second.returncode != 0
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        f"error: WorkdirLocked: {workdir / 'main'} is in use by pid {first.proc.pid} on host ")
+    assert first.proc.wait(timeout=300) == 0, first.output()
+  finally:
+    first.close()
+  steps = [m["step"] for m in loop.read_metrics(workdir / "main") if "loss" in m]
+  assert steps == list(range(1, TOTAL_STEPS + 1))
+
+
+def test_immutable_main_fails_at_once_naming_it(reference: Path, tmp_path: Path):
+  """Resuming into an immutable main used to hang ~300 s in Orbax and end in a TimeoutError."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  if not _immutable(workdir / "main"):
+    pytest.skip("chattr +i is not permitted here")
+  try:
+    start = time.monotonic()
+    with pytest.raises(PermissionError, match=f"--workdir: cannot write to {workdir / 'main'}"):
+      branches.train(tiny_config(train__total_steps=45), str(workdir))
+    assert time.monotonic() - start < 10
+  finally:
+    subprocess.run(["chattr", "-i", str(workdir / "main")], check=True)
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n\n\t\n", "caf\xe9".encode("latin-1") * 20],
+                         ids=["empty", "blank", "latin-1"])
+def test_bad_data_files_refused_before_compilation(content: bytes, tmp_path: Path):
+  good = tmp_path / "train.txt"
+  good.write_text("some text\n\nmore text\n" * 200)
+  bad = tmp_path / "validation.txt"
+  bad.write_bytes(content)
+  compiles = _compile_counter()
+  with pytest.raises(ValueError, match=str(bad)):
+    branches.train(tiny_config(data__source="text", data__train_patterns=(str(good),),
+                               data__validation_patterns=(str(bad),)), str(tmp_path / "run"))
+  assert not compiles, compiles
+  assert not (tmp_path / "run").exists()
