@@ -214,8 +214,28 @@ def main(argv: list[str]) -> None:
 
     if not _STEP.value or not _SIGMA_REL.value:
       raise app.UsageError("posthoc needs --step and --sigma-rel")
-    posthoc_eval.run(workdir, steps=_ints("step", _STEP.value),
-                     sigma_rels=_floats("sigma-rel", _SIGMA_REL.value))
+    steps, sigma_rels = _ints("step", _STEP.value), _floats("sigma-rel", _SIGMA_REL.value)
+    try:
+      posthoc_eval.run(workdir, steps=steps, sigma_rels=sigma_rels)
+    except Exception as e:  # pylint: disable=broad-except
+      damaged = _snapshot_error(e)
+      if damaged is None:
+        raise
+      raise ValueError(f"a post-hoc snapshot is damaged or truncated ({damaged}); take the "
+                       "snapshots again (train with --config.train.snapshot_every) or choose "
+                       "--step values whose snapshots are intact") from e
+
+
+def _snapshot_error(error: BaseException) -> str | None:
+  """The first line of a storage error about a file under ``snapshots/`` in ``error``'s chain."""
+  seen, found = set(), None
+  while error is not None and id(error) not in seen:  # the deepest mention is the plainest
+    seen.add(id(error))
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if "/snapshots/" in text:
+      found = text[:300]
+    error = error.__cause__ or error.__context__
+  return found
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -236,7 +256,12 @@ def _main_with_clear_errors(argv: list[str]) -> None:
   except Exception as e:  # pylint: disable=broad-except
     if os.environ.get("ANYTIME_TRACEBACK") or not isinstance(e, _expected_errors()):
       raise
-    sys.exit(f"error: {_one_line(e)}")
+    print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # The run's own cleanup (finally blocks: checkpoint stores, lock, metrics) has run. Skip
+    # the interpreter's teardown, where storage threads of an aborted restore print tracebacks
+    # of their own ("Event loop is closed") after the one line.
+    os._exit(1)  # pylint: disable=protected-access
 
 
 def _one_line(e: BaseException) -> str:

@@ -1074,3 +1074,41 @@ def test_bad_data_files_refused_before_compilation(content: bytes, tmp_path: Pat
                                data__validation_patterns=(str(bad),)), str(tmp_path / "run"))
   assert not compiles, compiles
   assert not (tmp_path / "run").exists()
+
+
+def _one_line_error(args: list[str]) -> str:
+  result = subprocess.run([sys.executable, "-m", "anytime.main", *args], cwd=REPO,
+                          env={**subprocess_env(), "ANYTIME_TRACEBACK": ""},
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  return errors[0]
+
+
+def test_cli_one_line_for_damaged_runs_and_divergence(reference: Path, tmp_path: Path):
+  """An all-damaged checkpoint set, the NaN stop and a truncated post-hoc snapshot end in one
+  line (they used to end in tracebacks)."""
+  damaged = tmp_path / "damaged" / "main"
+  damaged.mkdir(parents=True)
+  shutil.copy(reference / "main" / "config.json", damaged / "config.json")
+  shutil.copytree(reference / "main" / "5", damaged / "5")
+  (damaged / "5" / "state" / "_METADATA").write_text("{not json")
+  line = _one_line_error(cli_args(damaged.parent)[3:])
+  assert "TrainingError: " in line and "set aside: 5.damaged) but none could be restored" in line
+
+  line = _one_line_error(cli_args(tmp_path / "nan", optimizer__schedule__peak_value=1e30)[3:])
+  assert "non-finite loss or gradient at step" in line and "train.nan_policy='stop'" in line
+
+  snap = tmp_path / "snap"
+  branches.train(tiny_config(train__total_steps=10, train__snapshot_every=5), str(snap))
+  blobs = [p for p in (snap / "main" / "snapshots" / "10").rglob("*")
+           if p.is_file() and "/d/" in str(p) and p.stat().st_size > 1000]
+  assert blobs
+  for p in blobs:
+    with p.open("r+b") as f:
+      f.truncate(100)
+  line = _one_line_error(["posthoc", "--workdir", str(snap), "--step", "10",
+                          "--sigma-rel", "0.05,0.1"])
+  assert line.startswith("error: a post-hoc snapshot is damaged or truncated (") and \
+      "/snapshots/10/" in line
