@@ -423,6 +423,7 @@ class _BadStepGuard:
     self.save_deferred = False
     self.level: float | None = None
     self.spiking = False
+    self._announced_streak = -1  # skipped_total when a deferred save was last announced
 
   @property
   def unclean(self) -> bool:
@@ -484,17 +485,14 @@ class _BadStepGuard:
       self.skipped_since_save = 0
       return True
     self.save_deferred = not final
-    if jax.process_index() == 0 and (final or not self.save_deferred_announced(step)):
+    announce = final or self._announced_streak != self.skipped_total
+    self._announced_streak = self.skipped_total
+    if announce and jax.process_index() == 0:
       print(f"[{self.label}] step {step}: not checkpointed ({self.skipped_since_save} skipped "
             f"updates, {self.finite_in_a_row} of train.clean_steps_before_save="
             f"{self.t.clean_steps_before_save} finite ones since); {self._last_good()}.",
             flush=True)
     return False
-
-  def save_deferred_announced(self, step: int) -> bool:
-    announced = getattr(self, "_announced", None) == self.skipped_total
-    self._announced = self.skipped_total
-    return announced
 
 
 def restore_or_init(run: Run, store: checkpoint.CheckpointStore) -> tuple[TrainState, Any, int | None]:
