@@ -44,10 +44,12 @@ def planned_branches(config: ml_collections.ConfigDict) -> list[PlannedBranch]:
   return plan
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          start_over: bool = False) -> dict[str, Any]:
   """Trains the main branch (resuming if it can) and takes its planned decay branches.
 
-  Returns the main branch's last evaluation metrics.
+  Returns the main branch's last evaluation metrics. ``start_over``: train from step 0 in a
+  main directory whose checkpoints are gone (``loop.check_not_orphaned``).
   """
   loop.start(config)
   plan = planned_branches(config)
@@ -69,7 +71,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   return loop.train_and_evaluate(config, workdir, hook=hook if plan else None,
                                  hook_steps=frozenset(p.branch_step for p in plan),
-                                 on_restore=on_restore if plan else None)
+                                 on_restore=on_restore if plan else None,
+                                 start_over=start_over)
 
 
 def branch_finished(workdir: str | epath.Path, name: str) -> bool:
@@ -115,6 +118,13 @@ def run_branch_from_state(config: ml_collections.ConfigDict, workdir: str | epat
                  shape=shape, final_fraction=final_fraction, end_step=branch_step + cooldown_steps,
                  config_hash=checkpoint.config_hash(json.loads(config.to_json_best_effort())),
                  schedule=schedule, finished=False)
+  checkpoint.check_writable(directory, field=f"branch {name}")
+  with checkpoint.DirectoryLock(directory):  # one writer per branch directory
+    return _run_branch_locked(config, run, state, iterator, directory, lineage, name,
+                              branch_step + cooldown_steps)
+
+
+def _run_branch_locked(config, run, state, iterator, directory, lineage, name, end_step):
   checkpoint.write_json(directory / LINEAGE, lineage)
   # An unfinished branch (interrupted) is redone from the main state: its stale checkpoints
   # would make the save of the same step fail.
@@ -129,8 +139,8 @@ def run_branch_from_state(config: ml_collections.ConfigDict, workdir: str | epat
                                      async_save=config.train.async_checkpoints)
   writer = loop.MetricsWriter(directory)
   try:
-    state = loop.run_loop(run, state, iterator, store, writer,
-                               end_step=branch_step + cooldown_steps, label=f"branch {name}")
+    state = loop.run_loop(run, state, iterator, store, writer, end_step=end_step,
+                          label=f"branch {name}")
   finally:
     store.close()
     writer.close()
@@ -150,7 +160,19 @@ def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "l
   """
   if mode not in ("wsd", "wsd_s"):
     raise ValueError(f"--mode must be 'wsd' or 'wsd_s', got {mode!r}")
+  if name:
+    checkpoint.check_branch_name(name)  # before any file is read or written
   main_directory = checkpoint.main_dir(workdir)
+  if mode == "wsd_s":  # main adopts the branch's state: nobody else may train main meanwhile
+    with checkpoint.DirectoryLock(main_directory):
+      return _branch(workdir, main_directory, from_step, cooldown_steps, shape, final_fraction,
+                     name, mode)
+  return _branch(workdir, main_directory, from_step, cooldown_steps, shape, final_fraction, name,
+                 mode)
+
+
+def _branch(workdir, main_directory, from_step, cooldown_steps, shape, final_fraction, name,
+            mode):
   config = config_lib.stored_config(workdir)
   loop.start(config)
   main_store = checkpoint.CheckpointStore(main_directory, read_only=True)

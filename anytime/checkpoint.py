@@ -15,9 +15,17 @@ the main branch. Nothing here uses pickle.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -29,20 +37,52 @@ import grain
 
 MAIN = "main"
 BRANCHES = "branches"
+LOCK_FILE = ".lock"
+# Written next to every checkpoint directory's steps; a restore refuses another format.
+FORMAT_FILE = "checkpoint_format.json"
+FORMAT_VERSION = 1
+# Steps retention must keep whatever the other rules say (e.g. the last state before a NaN
+# streak), recorded so that they stay kept after a resume.
+PROTECTED_FILE = "protected_steps.json"
 
 
 def main_dir(workdir: str | epath.Path) -> epath.Path:
   return epath.Path(workdir) / MAIN
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_branch_name(name: str) -> str:
+  """A branch name is one safe path component: it can only ever name a folder directly below
+  ``workdir/branches/`` (no ``/``, ``..``, leading dot or dash, at most 100 characters)."""
+  if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+    raise ValueError(f"branch name (--name) must be letters, digits, '.', '_' or '-' (one folder "
+                     f"name under WORKDIR/branches/, not starting with '.' or '-', no '..', "
+                     f"at most 100 characters), got {name!r}")
+  return name
+
+
 def branch_dir(workdir: str | epath.Path, name: str) -> epath.Path:
-  return epath.Path(workdir) / BRANCHES / name
+  """``workdir/branches/<name>``; ValueError for a name that is not one safe path component."""
+  return epath.Path(workdir) / BRANCHES / check_branch_name(name)
 
 
 def config_hash(config_dict: Mapping[str, Any]) -> str:
   """A short stable hash of a resolved config (for lineage records)."""
   text = json.dumps(config_dict, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _KeepSteps(ocp.checkpoint_managers.PreservationPolicy):
+  """Preserves the steps of a set that may grow while the manager lives."""
+
+  def __init__(self, steps: set[int]):
+    self.steps = steps
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    return [c.step in self.steps for c in checkpoints]
 
 
 class CheckpointStore:
@@ -65,17 +105,43 @@ class CheckpointStore:
     policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep_latest)]
     if keep_period:
       policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_period))
-    keep_steps = sorted(set(int(s) for s in keep_steps))
-    if keep_steps:
-      policies.append(ocp.checkpoint_managers.CustomSteps(steps=keep_steps))
+    stored = read_json(self.directory / PROTECTED_FILE) if not read_only else None
+    self._protected = set((stored or {}).get("steps", []))
+    self._keep = _KeepSteps(set(int(s) for s in keep_steps) | self._protected)
+    policies.append(self._keep)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
         create=not read_only,
         read_only=read_only,
     )
+    self._check_format(write=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data"))
+
+  def _check_format(self, write: bool) -> None:
+    """Refuses checkpoints of another format version; records ours in a new directory."""
+    path = self.directory / FORMAT_FILE
+    stored = read_json(path) if path.exists() else None
+    if stored is not None and stored.get("format") != FORMAT_VERSION:
+      raise ValueError(
+          f"{self.directory} holds checkpoints of format {stored.get('format')!r} (written with "
+          f"orbax-checkpoint {stored.get('orbax')}), this version of anytime reads format "
+          f"{FORMAT_VERSION}; use the anytime version that wrote them")
+    if stored is None and write:
+      check_writable(self.directory, field="checkpoint directory")
+      write_json(path, {"format": FORMAT_VERSION, "orbax": ocp.__version__})
+
+  def protect(self, step: int) -> None:
+    """Retention keeps ``step`` from now on (also after a resume), whatever else it deletes."""
+    if step in self._protected:
+      return
+    self._protected.add(int(step))
+    self._keep.steps.add(int(step))
+    write_json(self.directory / PROTECTED_FILE, {"steps": sorted(self._protected)})
+
+  def protected_steps(self) -> list[int]:
+    return sorted(self._protected)
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -85,6 +151,8 @@ class CheckpointStore:
 
   def save(self, step: int, state: Any, data_iterator: Any | None = None, *,
            force: bool = True) -> bool:
+    # Orbax waits ~300 s before reporting an unwritable directory; a probe fails at once.
+    check_writable(self.directory, field="checkpoint directory")
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -194,3 +262,171 @@ def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any],
   normalize = lambda v: json.loads(json.dumps(v, default=str))
   diffs = sorted(k for k in set(a) | set(b) if normalize(a.get(k)) != normalize(b.get(k)))
   return [k for k in diffs if not any(k == s or k.startswith(s + ".") for s in safe_to_change)]
+
+
+# ---------------------------------------------------------------------------- workdir checks
+
+
+class WorkdirLocked(RuntimeError):
+  """Another live process holds the run directory."""
+
+
+def _is_local(path: epath.Path) -> bool:
+  return "://" not in os.fspath(path)
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, owned by another user
+    return True
+  return True
+
+
+def _holder_text(holder: Mapping[str, Any] | None) -> str:
+  if not holder:
+    return "an unknown process"
+  started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("start_time", 0)))
+  return (f"pid {holder.get('pid')} on host {holder.get('host')} (since {started}, "
+          f"command {holder.get('command', '?')!r})")
+
+
+class DirectoryLock:
+  """An exclusive lock on one run directory, held by one process for the length of a run.
+
+  Local paths use ``fcntl.flock`` on ``<directory>/.lock`` (the kernel drops it when the
+  holder dies, so a crash never leaves a stale lock). Remote paths (``gs://...``) use a lock
+  file written only when absent, refreshed every ``refresh_s`` by a daemon thread; it counts as
+  stale when its holder is on this host and dead, or when it was not refreshed for
+  ``stale_after_s``. The file always records the holder's pid, host, start time and command.
+  On multi-host runs only process 0 takes the lock (``acquire`` is a no-op elsewhere).
+  """
+
+  def __init__(self, directory: str | epath.Path, *, refresh_s: float = 60.0,
+               stale_after_s: float = 600.0):
+    self.directory = epath.Path(directory)
+    self.path = self.directory / LOCK_FILE
+    self.refresh_s, self.stale_after_s = refresh_s, stale_after_s
+    self._fd: int | None = None
+    self._token = uuid.uuid4().hex
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+    self.held = False
+
+  def _record(self) -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start_time": time.time(),
+            "updated": time.time(), "command": " ".join(sys.argv)[:300],
+            "token": self._token}
+
+  def read_holder(self) -> dict[str, Any] | None:
+    try:
+      text = self.path.read_text()
+      return json.loads(text) if text.strip() else None
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+      return None
+
+  def acquire(self) -> "DirectoryLock":
+    """Takes the lock or raises WorkdirLocked naming the holder (process 0 only)."""
+    if jax.process_index() != 0:
+      return self
+    self.directory.mkdir(parents=True, exist_ok=True)
+    if _is_local(self.directory):
+      self._acquire_local()
+    else:
+      self._acquire_remote()
+    self.held = True
+    return self
+
+  def _refuse(self, holder: Mapping[str, Any] | None) -> None:
+    raise WorkdirLocked(
+        f"{self.directory} is in use by {_holder_text(holder)}; wait for it to finish or stop "
+        f"it (two processes writing one run would corrupt it). If that process is gone, "
+        f"delete {self.path}")
+
+  def _acquire_local(self) -> None:
+    import fcntl  # pylint: disable=g-import-not-at-top
+
+    fd = os.open(os.fspath(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      os.close(fd)
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        self._refuse(self.read_holder())
+      raise
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(self._record()).encode())
+    os.fsync(fd)
+    self._fd = fd
+
+  def _stale(self, holder: Mapping[str, Any] | None) -> bool:
+    if holder is None:
+      return True
+    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+      return True
+    return time.time() - float(holder.get("updated", 0)) > self.stale_after_s
+
+  def _acquire_remote(self) -> None:
+    holder = self.read_holder() if self.path.exists() else None
+    if self.path.exists() and not self._stale(holder):
+      self._refuse(holder)
+    if holder is not None:
+      logging.warning("taking over the stale lock %s of %s", self.path, _holder_text(holder))
+    self.path.write_text(json.dumps(self._record()))
+    time.sleep(0.5)  # a concurrent taker writes too: the last writer wins, the other refuses
+    if (self.read_holder() or {}).get("token") != self._token:
+      self._refuse(self.read_holder())
+    self._thread = threading.Thread(target=self._refresh, daemon=True,
+                                    name=f"lock-refresh {self.path}")
+    self._thread.start()
+
+  def _refresh(self) -> None:
+    while not self._stop.wait(self.refresh_s):
+      holder = self.read_holder()
+      if holder is None or holder.get("token") != self._token:
+        logging.error("lock %s was taken by %s", self.path, _holder_text(holder))
+        return
+      self.path.write_text(json.dumps({**holder, "updated": time.time()}))
+
+  def release(self) -> None:
+    if not self.held:
+      return
+    self.held = False
+    if self._fd is not None:
+      import fcntl  # pylint: disable=g-import-not-at-top
+
+      os.ftruncate(self._fd, 0)  # the file stays (deleting it would race a new taker)
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+    else:
+      self._stop.set()
+      if (self.read_holder() or {}).get("token") == self._token:
+        self.path.unlink(missing_ok=True)
+
+  def __enter__(self) -> "DirectoryLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+def check_writable(directory: str | epath.Path, field: str = "--workdir") -> None:
+  """Creates ``directory`` if needed and writes + deletes a probe file in it; raises
+  PermissionError naming the path in one line if that fails (before any training)."""
+  directory = epath.Path(directory)
+  if jax.process_index() != 0:
+    return
+  probe = directory / f".write_probe-{os.getpid()}"
+  if directory.exists() and not directory.is_dir():
+    raise NotADirectoryError(f"{field}: {directory} exists and is not a directory")
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(f"{field}: cannot write to {directory} ({e.strerror or e}); fix its "
+                          "permissions (or immutable flag / read-only mount) or pick another "
+                          "directory") from e

@@ -22,6 +22,10 @@ SAFE_TO_CHANGE = (
     "train.keep_checkpoints", "train.keep_period", "train.eval_batches",
     "train.snapshot_keep", "train.peak_flops_per_device", "data.worker_count",
     "data.cache_dir", "branches", "distributed",
+    # How the run reacts to bad steps: a skipped update is never in a checkpoint, so switching
+    # to "skip" after a "stop" (or back) changes nothing already computed.
+    "train.nan_policy", "train.max_skipped_updates", "train.clean_steps_before_save",
+    "train.spike_factor", "train.spike_policy",
 )
 def default_config() -> ml_collections.ConfigDict:
   """The one schema of a training run: every key with its default."""
@@ -54,6 +58,11 @@ def default_config() -> ml_collections.ConfigDict:
       keep_period=0,  # also keep every checkpoint whose step is a multiple of this
       nan_policy="stop",  # "stop": fail with a clear error; "skip": drop the update and count it
       max_skipped_updates=10,  # with "skip": give up after this many consecutive bad steps
+      # with "skip": after a skipped update, a checkpoint waits until this many updates in a row
+      # were finite (the last good checkpoint before the streak is kept by retention).
+      clean_steps_before_save=10,
+      spike_factor=10.0,  # a finite loss above this x its running level (EMA) is a spike; 0 = off
+      spike_policy="warn",  # on a spike: "warn" (print and go on) or "stop" (TrainingError)
       snapshot_every=0,  # post-hoc averaging snapshots of two power EMAs (0 = off)
       snapshot_keep=0,  # snapshots kept (0 = all)
       snapshot_sigma_rels=[0.05, 0.10],  # the tracked power EMAs (anytime.posthoc)
@@ -79,11 +88,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"train.{key} must be a positive integer, got {value!r}")
   for key in ("eval_batches", "eval_batch_size", "keep_period", "snapshot_every",
-              "snapshot_keep", "max_skipped_updates"):
+              "snapshot_keep", "max_skipped_updates", "clean_steps_before_save"):
     if not isinstance(t[key], int) or t[key] < 0:
       raise ValueError(f"train.{key} must be a non-negative integer, got {t[key]!r}")
   if t.nan_policy not in ("stop", "skip"):
     raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {t.nan_policy!r}")
+  if t.spike_policy not in ("warn", "stop"):
+    raise ValueError(f"train.spike_policy must be 'warn' or 'stop', got {t.spike_policy!r}")
+  if isinstance(t.spike_factor, bool) or not (t.spike_factor == 0 or t.spike_factor > 1):
+    raise ValueError(f"train.spike_factor must be 0 (off) or a number > 1, got "
+                     f"{t.spike_factor!r}")
   if config.model.max_len < t.seq_len:
     raise ValueError(f"model.max_len ({config.model.max_len}) must be >= train.seq_len "
                      f"({t.seq_len})")

@@ -238,7 +238,11 @@ class MetricsWriter:
               if line.strip() and json.loads(line)["step"] <= truncate_after]
       self.path.write_text("".join(line + "\n" for line in kept))
     elif truncate_after is None and self.path.exists():
-      self.path.unlink()
+      # A fresh start over an earlier attempt's log: set it aside, never delete it.
+      k = 0
+      while (directory / f"metrics.jsonl.previous-{k}").exists():
+        k += 1
+      self.path.rename(directory / f"metrics.jsonl.previous-{k}")
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
     self.tb = SummaryWriter(str(directory / "tensorboard"))
@@ -326,24 +330,15 @@ def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.Checkpoi
   step = int(state.step)
   start_step, start_time = step, time.perf_counter()
   pending = None  # (step, device metrics): fetched one step late
-  skipped_in_a_row = skipped_total = 0
+  guard = _BadStepGuard(t, label, store)
   last_log_time, last_log_step = start_time, step
 
   def flush(pending):
-    nonlocal skipped_in_a_row, skipped_total, last_log_time, last_log_step
+    nonlocal last_log_time, last_log_step
     done_step, device_metrics = pending
     metrics = jax.device_get(device_metrics)
-    if not bool(metrics["finite"]):
-      skipped_in_a_row += 1
-      skipped_total += 1
-      if t.nan_policy == "stop" or skipped_in_a_row > t.max_skipped_updates:
-        raise TrainingError(
-            f"[{label}] non-finite loss or gradient at step {done_step} (loss="
-            f"{float(metrics['loss'])}); the update was not applied and no checkpoint was "
-            f"written after step {store.latest_step()}. Lower the learning rate, or set "
-            f"train.nan_policy='skip' to drop such updates.")
-    else:
-      skipped_in_a_row = 0
+    guard.observe(done_step, bool(metrics["finite"]), float(metrics["loss"]))
+    skipped_total = guard.skipped_total
     if done_step % t.log_every == 0 or done_step == end_step:
       now = time.perf_counter()
       rate = (done_step - last_log_step) / max(now - last_log_time, 1e-9)
@@ -373,7 +368,7 @@ def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.Checkpoi
       step += 1
       boundary = (step % t.eval_every == 0 or step in eval_steps or step == end_step or
                   step % t.checkpoint_every == 0 or step in save_steps or
-                  preemption.requested)
+                  preemption.requested or guard.save_deferred)
       if not boundary:
         if on_step is not None and hook_due(step):
           state = on_step(step, state, train_iter)
@@ -383,17 +378,24 @@ def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.Checkpoi
       if step % t.eval_every == 0 or step in eval_steps or step == end_step:
         metrics = run.evaluate(state)
         metrics["tokens"] = step * tokens_per_step
+        if guard.unclean:  # reached through skipped updates, not yet clean enough to save
+          metrics["after_skipped_updates"] = guard.skipped_since_save
         writer.write(step, metrics)
         if jax.process_index() == 0:
           print(f"[{label}] eval step {step}: " + ", ".join(
               f"{k} {v:.4f}" for k, v in naming.eval_losses(metrics).items()),
                 flush=True)
+      saved = False
       if (step % t.checkpoint_every == 0 or step in save_steps or step == end_step or
-          preemption.requested):
-        store.save(step, state, train_iter)
+          preemption.requested or guard.save_deferred):
+        saved = guard.may_save(step, final=step == end_step or preemption.requested)
+        if saved:
+          store.save(step, state, train_iter)
       if preemption.requested:
         store.wait()
-        print(f"[{label}] SIGTERM: saved a checkpoint at step {step}; exiting.", flush=True)
+        print(f"[{label}] SIGTERM: " + (f"saved a checkpoint at step {step}" if saved else
+              f"step {step} was reached through skipped updates and is not saved (the last "
+              f"good checkpoint is step {store.latest_step()})") + "; exiting.", flush=True)
         raise SystemExit(0)
       if on_step is not None and hook_due(step):
         state = on_step(step, state, train_iter)
@@ -401,6 +403,96 @@ def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.Checkpoi
       flush(pending)
   store.wait()
   return state
+
+
+class _BadStepGuard:
+  """What the loop does about non-finite updates and loss spikes (host side, one step late).
+
+  ``nan_policy="stop"``: the first non-finite update raises TrainingError (it was not applied).
+  ``nan_policy="skip"``: the update is dropped and counted; more than ``max_skipped_updates``
+  in a row raise. A state reached through a skipped update is never checkpointed: saves wait
+  until ``clean_steps_before_save`` updates in a row were finite, and the newest checkpoint
+  before the streak is protected from retention. A finite loss above ``spike_factor`` x its
+  running level (EMA of the finite losses) warns or raises (``spike_policy``).
+  """
+
+  def __init__(self, t: ml_collections.ConfigDict, label: str, store):
+    self.t, self.label, self.store = t, label, store
+    self.skipped_in_a_row = self.skipped_total = self.skipped_since_save = 0
+    self.finite_in_a_row = 0
+    self.save_deferred = False
+    self.level: float | None = None
+    self.spiking = False
+    self._announced_streak = -1  # skipped_total when a deferred save was last announced
+
+  @property
+  def unclean(self) -> bool:
+    return self.skipped_since_save > 0 and self.finite_in_a_row < self.t.clean_steps_before_save
+
+  def _last_good(self) -> str:
+    latest = self.store.latest_step()
+    return f"the last good checkpoint is step {latest}" if latest is not None else \
+        "no checkpoint was written yet"
+
+  def observe(self, step: int, finite: bool, loss: float) -> None:
+    t = self.t
+    if not finite:
+      if self.skipped_since_save == 0 and t.nan_policy == "skip":
+        latest = self.store.latest_step()
+        if latest is not None and hasattr(self.store, "protect"):
+          self.store.protect(latest)  # retention must keep the last state before the streak
+      self.skipped_in_a_row += 1
+      self.skipped_total += 1
+      self.skipped_since_save += 1
+      self.finite_in_a_row = 0
+      if t.nan_policy == "stop":
+        raise TrainingError(
+            f"[{self.label}] non-finite loss or gradient at step {step} (loss={loss}) with "
+            f"train.nan_policy='stop': the update was not applied and {self._last_good()}. "
+            "Lower the learning rate, or resume with train.nan_policy='skip' (drops such "
+            f"updates, up to train.max_skipped_updates={t.max_skipped_updates} in a row).")
+      if self.skipped_in_a_row > t.max_skipped_updates:
+        raise TrainingError(
+            f"[{self.label}] {self.skipped_in_a_row} non-finite updates in a row up to step "
+            f"{step}, more than train.max_skipped_updates={t.max_skipped_updates} that "
+            f"train.nan_policy='skip' drops; none was applied and {self._last_good()}. Lower "
+            "the learning rate, or raise train.max_skipped_updates.")
+      return
+    self.skipped_in_a_row = 0
+    self.finite_in_a_row += 1
+    spike = bool(t.spike_factor) and self.level is not None and loss > t.spike_factor * self.level
+    if spike:
+      message = (f"[{self.label}] loss spike at step {step}: loss {loss:.4g} is "
+                 f"{loss / self.level:.3g}x its running level {self.level:.4g} "
+                 f"(train.spike_factor={t.spike_factor:g}) with train.spike_policy="
+                 f"'{t.spike_policy}'")
+      if t.spike_policy == "stop":
+        raise TrainingError(f"{message}: stopped; {self._last_good()}. Lower the learning rate, "
+                            "or set train.spike_policy='warn' (go on) or train.spike_factor=0 "
+                            "(no check).")
+      if not self.spiking and jax.process_index() == 0:
+        print(f"WARNING: {message}: going on (train.spike_policy='stop' ends the run at a "
+              "spike; train.spike_factor=0 turns the check off).", flush=True)
+    else:
+      self.level = loss if self.level is None else 0.9 * self.level + 0.1 * loss
+    self.spiking = spike
+
+  def may_save(self, step: int, final: bool) -> bool:
+    """Whether the state of ``step`` may be checkpointed; a refused save is retried on later
+    steps (``save_deferred``) unless ``final``."""
+    if not self.unclean:
+      self.save_deferred = False
+      self.skipped_since_save = 0
+      return True
+    self.save_deferred = not final
+    announce = final or self._announced_streak != self.skipped_total
+    self._announced_streak = self.skipped_total
+    if announce and jax.process_index() == 0:
+      print(f"[{self.label}] step {step}: not checkpointed ({self.skipped_since_save} skipped "
+            f"updates, {self.finite_in_a_row} of train.clean_steps_before_save="
+            f"{self.t.clean_steps_before_save} finite ones since); {self._last_good()}.",
+            flush=True)
+    return False
 
 
 def restore_or_init(run: Run, store: checkpoint.CheckpointStore) -> tuple[TrainState, Any, int | None]:
@@ -439,25 +531,76 @@ def start(config: ml_collections.ConfigDict) -> None:
   devices), then the one validation of the config."""
   parallel.maybe_initialize_distributed(**config.distributed.to_dict())
   config_lib.validate_config(config)
+  data_lib.check_files(config.data)  # a bad data file is named before anything is compiled
 
 
 Hook = Callable[[int, TrainState, Any], TrainState]
 
 
+def check_not_orphaned(config: ml_collections.ConfigDict, directory: epath.Path,
+                       start_over: bool = False) -> None:
+  """Refuses to start from step 0 in a run directory whose checkpoints are gone but whose
+  config.json / metrics.jsonl show it got past its first checkpoint (that would silently
+  restart the run). ``start_over`` sets those files aside (never deleted) instead."""
+  directory = epath.Path(directory)
+  if not directory.exists():
+    return
+  if any(p.name.split(".")[0].isdigit() for p in directory.iterdir()):  # steps, set-aside ones
+    if start_over:
+      raise ValueError(f"--start-over: {directory} holds checkpoints; it resumes from them. To "
+                       "train from scratch, use a new --workdir")
+    return
+  steps = [m["step"] for m in read_metrics(directory)]
+  first_save = min([config.train.checkpoint_every, config.train.total_steps])
+  found = [name for name in ("config.json", "metrics.jsonl") if (directory / name).exists()]
+  if not found or (not start_over and (not steps or max(steps) < first_save)):
+    return  # nothing, or a run stopped before its first checkpoint: starting again resumes it
+  if not start_over:
+    raise ValueError(
+        f"{directory} holds {' and '.join(found)} (metrics up to step {max(steps)}) but no "
+        "checkpoint: its checkpoints were deleted or moved. Refusing to train it again from "
+        "step 0 over them; restore the checkpoints, use a new --workdir, or pass --start-over "
+        "to start from scratch here (the old files are kept under previous-<n>/)")
+  if jax.process_index() == 0:
+    k = 0
+    while (directory / f"previous-{k}").exists():
+      k += 1
+    aside = directory / f"previous-{k}"
+    aside.mkdir()
+    for name in ("config.json", "metrics.jsonl", "tensorboard", "snapshots"):
+      if (directory / name).exists():
+        (directory / name).rename(aside / name)
+    print(f"[main] --start-over: the earlier run's files are in {aside}", flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        hook: Hook | None = None, hook_steps: frozenset[int] = frozenset(),
-                       on_restore: Callable[[int | None, TrainState, Any], None] | None = None
-                       ) -> dict[str, Any]:
+                       on_restore: Callable[[int | None, TrainState, Any], None] | None = None,
+                       start_over: bool = False) -> dict[str, Any]:
   """Trains the main branch in ``workdir/main`` (resuming if it holds a checkpoint).
 
   ``config`` has passed ``start``. ``hook(step, state, train_iter)`` runs on the host after
   each step in ``hook_steps`` (those steps are also checkpointed and kept by retention);
   ``on_restore(step, state, train_iter)`` runs once before the loop (``step`` is None for a
   fresh run). Post-hoc snapshots (``train.snapshot_every``) are taken here. Returns the last
-  evaluation metrics.
+  evaluation metrics. ``start_over``: see ``check_not_orphaned``.
+
+  Only one process at a time trains a run directory: process 0 holds its lock
+  (``checkpoint.DirectoryLock``); a second trainer stops at once, naming the holder.
   """
   directory = checkpoint.main_dir(workdir)
-  check_resumable(config, directory)
+  checkpoint.check_writable(directory, field="--workdir")
+  lock = checkpoint.DirectoryLock(directory).acquire()
+  try:
+    return _train_locked(config, workdir, directory, hook, hook_steps, on_restore, start_over)
+  finally:
+    lock.release()
+
+
+def _train_locked(config, workdir, directory, hook, hook_steps, on_restore, start_over):
+  if not start_over:
+    check_resumable(config, directory)
+  check_not_orphaned(config, directory, start_over)
   run = build_run(config, workdir)
   store = checkpoint.CheckpointStore(
       directory, keep_latest=config.train.keep_checkpoints,

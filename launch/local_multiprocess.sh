@@ -8,7 +8,8 @@
 # Flags: -n processes (default 2), -d CPU devices per process (default 2), -p coordinator port
 # (default: a free one), -l log dir (default <workdir>/logs). Everything after -- goes to
 # `python -m anytime.main` of every process. Logs: <log dir>/process_<i>.log. Exits non-zero if
-# any process fails (and then stops the others); Ctrl-C / SIGTERM is forwarded to all processes.
+# any process fails (and then stops the others); Ctrl-C / SIGTERM is forwarded to all processes,
+# and the script then exits 0 if every process saved and exited 0.
 # Environment: PYTHON (interpreter, default python); XLA_FLAGS and JAX_PLATFORMS are set here.
 set -euo pipefail
 
@@ -57,7 +58,10 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 }
-trap 'cleanup; wait; exit 143' TERM INT
+# SIGTERM / Ctrl-C: forward it, then exit with the children's verdict (0 when every process
+# saved its checkpoint and exited 0, as the trainer does on SIGTERM).
+forwarded=0
+trap 'forwarded=1; cleanup' TERM INT
 
 for ((i = 0; i < num_processes; i++)); do
   JAX_PLATFORMS=cpu \
@@ -71,17 +75,26 @@ for ((i = 0; i < num_processes; i++)); do
 done
 echo "started $num_processes processes (coordinator 127.0.0.1:$port); logs in $log_dir/process_<i>.log"
 
-# Wait for all; if one fails, stop the others (they would block in collectives otherwise).
+# Poll: a process that ended is reaped with `wait PID` (its own exit status, also after a
+# forwarded SIGTERM); the first failure stops the others (they would block in collectives).
 status=0
-remaining=${#pids[@]}
-while ((remaining > 0)); do
-  code=0
-  wait -n || code=$?
-  remaining=$((remaining - 1))
-  if ((code != 0 && status == 0)); then
-    echo "a process exited with status $code; stopping the others (logs: $log_dir)" >&2
-    status=$code
-    cleanup
-  fi
+running=("${pids[@]}")
+while ((${#running[@]} > 0)); do
+  still=()
+  for pid in "${running[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then still+=("$pid"); continue; fi
+    code=0
+    wait "$pid" || code=$?
+    if ((code != 0 && status == 0)); then
+      status=$code
+      if ((forwarded == 0)); then
+        echo "process $pid exited with status $code; stopping the others (logs: $log_dir)" >&2
+        cleanup
+      fi
+    fi
+  done
+  running=("${still[@]+"${still[@]}"}")
+  ((${#running[@]} > 0)) && sleep 0.2
 done
+if ((forwarded)); then echo "forwarded SIGTERM; processes exited with status $status" >&2; fi
 exit "$status"

@@ -17,6 +17,9 @@
 #   --repo URL [--ref REF]    git clone URL (and branch/tag/commit) on the workers; default:
 #                             upload this checkout's HEAD (git archive) with tpu-vm scp
 #   --jax-spec SPEC           pip spec of JAX for TPUs (default "jax[tpu]")
+#   --constraints FILE        pip constraints, relative to the repo (default
+#                             launch/constraints.txt: the versions the tests passed with;
+#                             "none" installs the newest releases)
 #   --log-dir DIR             log folder on each worker (default ~/anytime_logs)
 #   --dry-run                 print every command, run none (no gcloud call at all)
 #   everything after --       extra flags for anytime.main (e.g. --config.train.total_steps=...)
@@ -27,7 +30,7 @@ set -euo pipefail
 
 name=""; zone=""; accelerator_type="v4-8"; runtime_version="tpu-ubuntu2204-base"; project=""
 capacity=""; config=""; workdir=""; repo=""; ref=""; jax_spec="jax[tpu]"
-log_dir="~/anytime_logs"; dry_run=0
+log_dir="~/anytime_logs"; dry_run=0; constraints="launch/constraints.txt"
 extra=()
 
 die() { echo "error: $*" >&2; exit 2; }
@@ -46,9 +49,10 @@ while [[ $# -gt 0 ]]; do
     --repo) need "$@"; repo="$2"; shift 2 ;;
     --ref) need "$@"; ref="$2"; shift 2 ;;
     --jax-spec) need "$@"; jax_spec="$2"; shift 2 ;;
+    --constraints) need "$@"; constraints="$2"; shift 2 ;;
     --log-dir) need "$@"; log_dir="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -66,6 +70,13 @@ fi
 common=(--zone="$zone")
 [[ -n "$project" ]] && common+=(--project="$project")
 remote_dir="anytime"  # in each worker's home
+
+# A path for a remote shell: quoted, except a leading ~/ (expanded there as $HOME).
+remote_path() {
+  if [[ "$1" == "~" ]]; then printf '"$HOME"'
+  elif [[ "$1" == "~/"* ]]; then printf '"$HOME"/%q' "${1#\~/}"
+  else printf '%q' "$1"; fi
+}
 
 # Prints a command (each argument single-quoted where needed); runs it unless --dry-run.
 quote() {
@@ -122,13 +133,16 @@ else
 fi
 
 # 3. Install (idempotent).
-ssh_all "set -e; cd $remote_dir && python3 -m pip install --quiet -U $(printf '%q' "$jax_spec") gcsfs && python3 -m pip install --quiet -e ."
+pins=""
+[[ "$constraints" != none ]] && pins="-c $(printf '%q' "$constraints")"
+ssh_all "set -e; cd $remote_dir && python3 -m pip install --quiet -U $pins $(printf '%q' "$jax_spec") gcsfs && python3 -m pip install --quiet $pins -e ."
 
 # 4. Start the trainer on all workers at once (jax.distributed finds the slice by itself),
 #    detached, one log per worker; a run already going on a worker is left alone.
 train=(python3 -m anytime.main --config "$config" --workdir "$workdir" "${extra[@]}")
 printf -v train_line '%q ' "${train[@]}"
-log="$log_dir/\$(hostname).log"
-ssh_all "cd $remote_dir && mkdir -p $log_dir && if pgrep -f '^python3 -m anytime.main' >/dev/null; then echo \"\$(hostname): already training\"; else nohup ${train_line% } >>$log 2>&1 </dev/null & echo \"\$(hostname): started, log $log\"; fi"
+remote_log_dir="$(remote_path "$log_dir")"
+log="$remote_log_dir/\$(hostname).log"
+ssh_all "cd $remote_dir && mkdir -p $remote_log_dir && if pgrep -f '^python3 -m anytime.main' >/dev/null; then echo \"\$(hostname): already training\"; else nohup ${train_line% } >>$log 2>&1 </dev/null & echo \"\$(hostname): started, log $log\"; fi"
 
-echo "# logs: gcloud compute tpus tpu-vm ssh $name ${common[*]} --worker=all --command='tail -n 5 $log_dir/*.log'"
+echo "# logs: gcloud compute tpus tpu-vm ssh $name ${common[*]} --worker=all --command='tail -n 5 $remote_log_dir/*.log'"

@@ -572,3 +572,543 @@ def test_tpu_launcher_dry_run_prints_commands_and_never_calls_gcloud(tmp_path: P
                        env=env, capture_output=True, text=True, timeout=60, check=False)
   assert bad.returncode != 0 and "--name" in bad.stderr
   assert not calls.exists()
+
+
+# ------------------------------------------------------------------------------ locks
+
+_HOLD_LOCK = """
+import sys, time
+from anytime import checkpoint
+lock = checkpoint.DirectoryLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _lock_holder(directory: Path) -> subprocess.Popen:
+  proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(directory)], cwd=REPO,
+                          env=subprocess_env(), stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "locked"
+  return proc
+
+
+def test_directory_lock_is_exclusive_and_names_the_holder(tmp_path: Path):
+  """A second taker is refused at once with the holder's pid and host; a holder killed with
+  SIGKILL leaves no stale lock; a released lock can be taken again."""
+  directory = tmp_path / "run" / "main"
+  holder = _lock_holder(directory)
+  try:
+    with pytest.raises(checkpoint.WorkdirLocked, match=rf"in use by pid {holder.pid} on host "):
+      checkpoint.DirectoryLock(directory).acquire()
+  finally:
+    holder.kill()
+    holder.wait()
+  with checkpoint.DirectoryLock(directory) as lock:  # the dead holder's lock is gone
+    assert json.loads((directory / ".lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(checkpoint.WorkdirLocked, match=rf"pid {os.getpid()}"):
+      checkpoint.DirectoryLock(directory).acquire()
+  assert not lock.held
+  checkpoint.DirectoryLock(directory).acquire().release()
+
+
+def test_remote_lock_file_stale_detection(tmp_path: Path, monkeypatch):
+  """The lock-file variant (gs:// workdirs): a live holder refuses; a dead holder on this host,
+  or a holder that stopped refreshing, is stale and taken over."""
+  monkeypatch.setattr(checkpoint, "_is_local", lambda path: False)
+  monkeypatch.setattr(checkpoint.time, "sleep", lambda s: None)
+  directory = tmp_path / "main"
+  directory.mkdir()
+  host = checkpoint.socket.gethostname()
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    record = dict(pid=sleeper.pid, host=host, start_time=time.time(), updated=time.time())
+    (directory / ".lock").write_text(json.dumps(record))
+    with pytest.raises(checkpoint.WorkdirLocked, match=f"pid {sleeper.pid}"):
+      checkpoint.DirectoryLock(directory).acquire()
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  lock = checkpoint.DirectoryLock(directory).acquire()  # that pid is dead now: stale
+  assert json.loads((directory / ".lock").read_text())["pid"] == os.getpid()
+  lock.release()
+  assert not (directory / ".lock").exists()
+  (directory / ".lock").write_text(json.dumps(dict(pid=1, host="elsewhere", start_time=0,
+                                                   updated=time.time())))
+  with pytest.raises(checkpoint.WorkdirLocked, match="host elsewhere"):
+    checkpoint.DirectoryLock(directory).acquire()
+  (directory / ".lock").write_text(json.dumps(dict(pid=1, host="elsewhere", start_time=0,
+                                                   updated=time.time() - 3600)))
+  checkpoint.DirectoryLock(directory).acquire().release()
+
+
+# ------------------------------------------------------------------------------ writability
+
+
+def _immutable(path: Path) -> bool:
+  """Sets the immutable flag (unwritable even for root); False where chattr is not allowed."""
+  result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False) \
+      if shutil.which("chattr") else None
+  return bool(result) and result.returncode == 0
+
+
+def test_check_writable_names_the_path(tmp_path: Path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  with pytest.raises(NotADirectoryError, match=f"--workdir: {blocker} exists and is not a"):
+    checkpoint.check_writable(blocker)
+  with pytest.raises(PermissionError, match=f"--workdir: cannot write to {blocker}/run"):
+    checkpoint.check_writable(blocker / "run")
+  checkpoint.check_writable(tmp_path / "new" / "dir")
+  assert (tmp_path / "new" / "dir").is_dir() and not list((tmp_path / "new" / "dir").iterdir())
+
+
+def test_save_into_an_immutable_directory_fails_at_once(tmp_path: Path):
+  """Orbax alone waits ~300 s and then raises a TimeoutError naming no path."""
+  directory = tmp_path / "main"
+  store = checkpoint.CheckpointStore(directory, async_save=True)
+  if not _immutable(directory):
+    store.close()
+    pytest.skip("chattr +i is not permitted here")
+  try:
+    start = time.monotonic()
+    with pytest.raises(PermissionError, match=f"checkpoint directory: cannot write to "
+                                              f"{directory}"):
+      store.save(1, {"x": np.zeros(3)})
+    assert time.monotonic() - start < 10
+  finally:
+    subprocess.run(["chattr", "-i", str(directory)], check=True)
+    store.close()
+
+
+def test_checkpoint_format_version_is_recorded_and_checked(tmp_path: Path):
+  directory = tmp_path / "main"
+  checkpoint.CheckpointStore(directory).close()
+  record = json.loads((directory / checkpoint.FORMAT_FILE).read_text())
+  assert record == {"format": checkpoint.FORMAT_VERSION, "orbax": checkpoint.ocp.__version__}
+  (directory / checkpoint.FORMAT_FILE).write_text(json.dumps({"format": 99, "orbax": "9.9"}))
+  with pytest.raises(ValueError, match="holds checkpoints of format 99 .*orbax-checkpoint 9.9"):
+    checkpoint.CheckpointStore(directory, read_only=True)
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+ONE_LINE_CASES = {
+    "missing config": (["--config", "{tmp}/missing.py"], None, "--config {tmp}/missing.py: no such file"),
+    "broken config": (["--config", "{tmp}/cfg.py"], "def get_config(:\n",
+                      "--config {tmp}/cfg.py:1: SyntaxError"),
+    "config returns None": (["--config", "{tmp}/cfg.py"], "def get_config():\n  return None\n",
+                            "get_config() returned NoneType, not an ml_collections.ConfigDict"),
+    "partial config": (["--config", "{tmp}/cfg.py"],
+                       "import ml_collections\ndef get_config():\n  return ml_collections."
+                       "ConfigDict(dict(train=dict(total_steps=5)))\n", "the config lacks "),
+    "config raises": (["--config", "{tmp}/cfg.py"], "def get_config():\n  return nope\n",
+                      "get_config() failed: NameError"),
+    "main is a file": (["--config", str(REPO / "configs/lm_tiny.py"), "--workdir", "{tmp}/w"],
+                       None, "{tmp}/w/main exists and is not a directory"),
+    "posthoc --step abc": (["posthoc", "--step", "abc", "--sigma-rel", "0.1"], None,
+                           "--step takes comma-separated integers, got 'abc'"),
+    "bad list": (["--config", str(REPO / "configs/lm_tiny.py"),
+                  "--config.branches.budgets=[4,8"], None, "expected a list such as"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(ONE_LINE_CASES))
+def test_cli_errors_are_one_line(case: str, tmp_path: Path):
+  """Bad input ends in one line naming what is wrong, never a traceback; nothing is created."""
+  args, config_text, expected = ONE_LINE_CASES[case]
+  if config_text is not None:
+    (tmp_path / "cfg.py").write_text(config_text)
+  (tmp_path / "w").mkdir()
+  (tmp_path / "w" / "main").write_text("a file where the run directory should be")
+  args = [a.format(tmp=tmp_path) for a in args]
+  if "--workdir" not in args:
+    args += ["--workdir", str(tmp_path / "w")]
+  env = {**subprocess_env(), "ANYTIME_TRACEBACK": ""}
+  result = subprocess.run([sys.executable, "-m", "anytime.main", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0
+  errors = [l for l in result.stderr.splitlines() if l.startswith(("error:", "FATAL"))]
+  assert len(errors) == 1 and expected.format(tmp=tmp_path) in errors[0], result.stderr
+  assert "Traceback" not in result.stderr, result.stderr
+  assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+      ["w", "main"] + (["cfg.py"] if config_text is not None else []))
+
+
+def test_cli_list_overrides_and_schedule_switch(monkeypatch):
+  """The README's list overrides parse; a schedule's name and options can be set one by one
+  (options the new schedule does not take are dropped from the file's schedule)."""
+  from anytime import main as cli  # registers the list parser
+
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  argv = ["prog", f"--config={REPO / 'configs/lm_tiny.py'}",
+          "--config.branches.budgets=[400,800]", "--config.train.eval_at=100,200"]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags finds the overrides in sys.argv
+  values(argv)
+  assert values.config.branches.budgets == [400, 800]
+  assert values.config.train.eval_at == [100, 200]
+  argv, schedule = cli._take_free_form(
+      ["prog", "--config.optimizer.schedule.name=inverse_sqrt",
+       "--config.optimizer.schedule.offset", "40", "--config.train.total_steps=3"])
+  assert argv == ["prog", "--config.train.total_steps=3"]
+  assert schedule == {"name": "inverse_sqrt", "offset": 40}
+  config = values.config
+  config.optimizer.schedule = dict(name="cosine", peak_value=3e-3, total_steps=600,
+                                   warmup_steps=5)
+  cli._apply_schedule_overrides(config, schedule)
+  assert config.optimizer.schedule.to_dict() == dict(name="inverse_sqrt", peak_value=3e-3,
+                                                     offset=40, warmup_steps=5)
+  with pytest.raises(AttributeError):  # the rest of the config stays locked
+    config.train.bogus = 1
+  with pytest.raises(ValueError, match="optimizer.schedule.name must be one of"):
+    cli._apply_schedule_overrides(config, {"name": "cosin"})
+
+
+# ------------------------------------------------------------------------------ launchers (2)
+
+
+def test_tpu_launcher_quotes_the_log_dir_and_pins_versions(tmp_path: Path):
+  """A --log-dir with spaces and shell syntax reaches the remote shell as one literal path
+  (the remote command is run here by bash with stub programs); pip gets the constraints file,
+  which pins the tested versions of JAX and Orbax."""
+  evil = str(tmp_path / "my logs; touch PWNED")
+  result = subprocess.run(
+      ["bash", str(REPO / "launch/tpu_vm.sh"), "--dry-run", "--name", "n", "--zone", "z",
+       "--workdir", "gs://b/r", "--config", "configs/lm_tiny.py", "--log-dir", evil],
+      capture_output=True, text=True, timeout=60, check=True)
+  import shlex  # pylint: disable=g-import-not-at-top
+
+  commands = [shlex.split(l) for l in result.stdout.splitlines() if l.startswith("gcloud ")]
+  remote = [a.split("=", 1)[1] for c in commands for a in c if a.startswith("--command=")]
+  install = [c for c in remote if "pip install" in c]
+  assert install and all(c.count("-c launch/constraints.txt") == 2 for c in install), install
+  start = [c for c in remote if "anytime.main" in c][0]
+  stubs = tmp_path / "bin"
+  stubs.mkdir()
+  for name, body in (("pgrep", "exit 1"), ("python3", "echo trainer started")):
+    (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+    (stubs / name).chmod(0o755)
+  (tmp_path / "anytime").mkdir()
+  subprocess.run(["bash", "-c", start], cwd=tmp_path, check=True, timeout=30,
+                 env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"})
+  time.sleep(0.5)  # the stub trainer runs detached
+  assert not (tmp_path / "anytime" / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+  logs = list(Path(evil).glob("*.log"))
+  assert len(logs) == 1 and "trainer started" in logs[0].read_text()
+
+  pins = dict(l.split("==") for l in (REPO / "launch/constraints.txt").read_text().splitlines()
+              if "==" in l and not l.startswith("#"))
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+
+  assert pins["orbax-checkpoint"] == metadata.version("orbax-checkpoint")
+  assert pins["jax"] == jax.__version__
+
+
+_FAKE_TRAINER = """#!/usr/bin/env bash
+for a in "$@"; do case "$a" in --config.distributed.process_id=*) id="${a#*=}" ;; esac; done
+if [[ -n "${FAKE_FAIL:-}" && "$id" == 1 ]]; then exit 3; fi
+trap 'echo "saved"; exit ${FAKE_CODE:-0}' TERM
+echo "process $id training"
+while true; do sleep 0.05; done
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env,want", [({}, 0), ({"FAKE_CODE": "5"}, 5), ({"FAKE_FAIL": "1"}, 3)],
+                         ids=["saved", "child-fails-on-term", "child-fails"])
+def test_local_multiprocess_exit_status(env, want, tmp_path: Path):
+  """SIGTERM is forwarded and the script exits with its children's status: 0 when they saved
+  and exited 0 (it used to exit 143); a failing child stops the others and its status wins."""
+  fake = tmp_path / "fake_python"
+  fake.write_text(_FAKE_TRAINER)
+  fake.chmod(0o755)
+  proc = subprocess.Popen(
+      ["bash", str(REPO / "launch/local_multiprocess.sh"), "-n", "2", "-p", "1", "--",
+       "--workdir", str(tmp_path / "w")], env={**os.environ, "PYTHON": str(fake), **env},
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  if "FAKE_FAIL" not in env:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and sum(
+        "training" in p.read_text() for p in (tmp_path / "w" / "logs").glob("*.log")) < 2:
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=30) == want, proc.stdout.read()
+  if "FAKE_FAIL" not in env:
+    assert all("saved" in p.read_text() for p in (tmp_path / "w" / "logs").glob("*.log"))
+
+
+def test_protected_step_survives_retention_and_resume(tmp_path: Path):
+  """A protected step outlives keep_latest, also in a store opened later (a resumed run)."""
+  state = {"x": np.zeros(3, np.float32)}
+  store = checkpoint.CheckpointStore(tmp_path / "main", keep_latest=2, async_save=False)
+  store.save(1, state)
+  store.save(2, state)
+  store.protect(2)
+  for step in (3, 4, 5):
+    store.save(step, state)
+  assert store.all_steps() == [2, 4, 5]
+  store.close()
+  store = checkpoint.CheckpointStore(tmp_path / "main", keep_latest=2, async_save=False)
+  for step in (6, 7):
+    store.save(step, state)
+  assert store.all_steps() == [2, 6, 7] and store.protected_steps() == [2]
+  store.close()
+
+
+@pytest.mark.parametrize("name", ["../main", "/tmp/elsewhere", "a/b", "..", ".hidden", "-x",
+                                  "x" * 101])
+def test_branch_names_are_one_safe_path_component(name: str, tmp_path: Path):
+  with pytest.raises(ValueError, match=r"branch name \(--name\) must be"):
+    checkpoint.branch_dir(tmp_path, name)
+  assert checkpoint.branch_dir(tmp_path, "1-sqrt_400.v2") == tmp_path / "branches" / \
+      "1-sqrt_400.v2"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["../main", "{outside}"])
+def test_branch_cli_refuses_names_outside_branches(name: str, reference: Path, tmp_path: Path):
+  """`branch --name ../main` used to delete main's checkpoints and replace its metrics, and
+  `--name /some/dir` every numbered folder there: now refused in one line, nothing touched."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  outside = tmp_path / "outside"
+  (outside / "7").mkdir(parents=True)
+  before = file_digests(workdir), file_digests(outside), sorted(os.listdir(outside))
+  result = subprocess.run(
+      [sys.executable, "-m", "anytime.main", "branch", "--workdir", str(workdir),
+       "--from-step", "30", "--cooldown-steps", "5", "--name", name.format(outside=outside)],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith("error: branch name (--name) must be")
+  assert "Traceback" not in result.stderr
+  assert (file_digests(workdir), file_digests(outside), sorted(os.listdir(outside))) == before
+  assert not (workdir / "branches").exists()
+
+
+# ------------------------------------------------------------------------------ NaN streaks
+
+
+def test_skip_never_checkpoints_a_streak_and_keeps_the_last_good_one(tmp_path: Path, capsys):
+  """nan_policy="skip", NaNs at steps 5-6, checkpoints every 2 steps, retention keeps 1: the
+  saves of steps 6 and 8 wait until 3 finite updates in a row (step 9); the last checkpoint
+  before the streak (4) survives retention; the eval at step 8 is marked."""
+  config = tiny_config(train__total_steps=14, train__checkpoint_every=2, train__eval_every=4,
+                       train__keep_checkpoints=1, train__nan_policy="skip",
+                       train__clean_steps_before_save=3, train__async_checkpoints=False)
+  run = loop.build_run(config, str(tmp_path))
+  store = checkpoint.CheckpointStore(tmp_path / "main", keep_latest=1, async_save=False)
+  saved = []
+  original_save = store.save
+  store.save = lambda step, *a, **k: (saved.append(step), original_save(step, *a, **k))[1]
+  writer = loop.MetricsWriter(tmp_path / "main")
+  loop.run_loop(run, run.init_state(), NaNInjector(run.make_train_iterator(), {5, 6}), store,
+                writer, end_step=14)
+  store.wait()
+  writer.close()
+  assert saved == [2, 4, 9, 10, 12, 14]
+  assert store.all_steps() == [4, 14]  # 4 is protected: the newest state before the streak
+  store.close()
+  evals = {m["step"]: m for m in loop.read_metrics(tmp_path / "main") if "tokens" in m
+           and any(k.startswith("eval") for k in m)}
+  assert evals[8]["after_skipped_updates"] == 2
+  assert "after_skipped_updates" not in evals[4] and "after_skipped_updates" not in evals[12]
+  out = capsys.readouterr().out
+  assert "step 6: not checkpointed (2 skipped updates, 0 of train.clean_steps_before_save=3" in out
+  assert "the last good checkpoint is step 4" in out
+
+
+def test_nan_messages_name_the_policy_in_force(tmp_path: Path):
+  config = tiny_config(train__total_steps=6, train__checkpoint_every=2, train__eval_every=100,
+                       train__max_skipped_updates=1)
+  run = loop.build_run(config, str(tmp_path))
+  with pytest.raises(loop.TrainingError) as stop:
+    loop.run_loop(run, run.init_state(), NaNInjector(run.make_train_iterator(), {3}), NoStore(),
+                  loop.MetricsWriter(tmp_path / "a"), end_step=6)
+  assert "with train.nan_policy='stop'" in str(stop.value)
+  assert "the last good checkpoint is step 2" in str(stop.value)
+  assert "resume with train.nan_policy='skip'" in str(stop.value)
+  with pytest.raises(loop.TrainingError) as skip:
+    loop.run_loop(dataclasses.replace(run, config=_with(config, train__nan_policy="skip")),
+                  run.init_state(), NaNInjector(run.make_train_iterator(), {3, 4}), NoStore(),
+                  loop.MetricsWriter(tmp_path / "b"), end_step=6)
+  message = str(skip.value)
+  assert "2 non-finite updates in a row up to step 4" in message
+  assert "train.max_skipped_updates=1 that train.nan_policy='skip' drops" in message
+  assert "set train.nan_policy='skip'" not in message and "with 'skip'" not in message
+
+
+def test_nan_and_spike_policies_are_safe_to_change_on_resume(tmp_path: Path):
+  directory = tmp_path / "main"
+  directory.mkdir()
+  stored = tiny_config()
+  (directory / "config.json").write_text(stored.to_json_best_effort())
+  loop.check_resumable(tiny_config(train__nan_policy="skip", train__max_skipped_updates=3,
+                                   train__spike_policy="stop", train__spike_factor=5.0,
+                                   train__clean_steps_before_save=4), directory)
+  with pytest.raises(ValueError, match="differing keys: train.seq_len"):
+    loop.check_resumable(tiny_config(train__seq_len=16), directory)
+
+
+def _spiking(run: loop.Run, steps: set[int], factor: float = 1e6) -> loop.Run:
+  """The run with its reported loss multiplied by ``factor`` after the given (1-based) steps."""
+  def train_step(state, batch, lr):
+    step = int(state.step) + 1
+    state, metrics = run.train_step(state, batch, lr)
+    return state, dict(metrics, loss=metrics["loss"] * factor) if step in steps else metrics
+  return dataclasses.replace(run, train_step=train_step)
+
+
+def test_loss_spike_warns_or_stops(tmp_path: Path, capsys):
+  """A finite loss 1e6 x its running level: "warn" prints one warning naming the policy and
+  goes on; "stop" raises naming the policy and the alternatives; spike_factor=0 says nothing."""
+  config = tiny_config(train__total_steps=8, train__checkpoint_every=4, train__eval_every=100)
+  run = loop.build_run(config, str(tmp_path))
+  state = loop.run_loop(_spiking(run, {5, 6}), run.init_state(), run.make_train_iterator(),
+                        NoStore(), loop.MetricsWriter(tmp_path / "warn"), end_step=8)
+  assert int(state.step) == 8
+  out = capsys.readouterr().out
+  assert out.count("loss spike") == 1 and "WARNING: [main] loss spike at step 5" in out
+  assert "train.spike_policy='warn': going on" in out
+  with pytest.raises(loop.TrainingError, match=r"loss spike at step 5: .*train.spike_policy="
+                                               r"'stop': stopped; .*spike_factor=0"):
+    loop.run_loop(_spiking(dataclasses.replace(run, config=_with(config,
+                                                                 train__spike_policy="stop")),
+                           {5}), run.init_state(), run.make_train_iterator(), NoStore(),
+                  loop.MetricsWriter(tmp_path / "stop"), end_step=8)
+  loop.run_loop(_spiking(dataclasses.replace(run, config=_with(config, train__spike_factor=0.0)),
+                         {5}), run.init_state(), run.make_train_iterator(), NoStore(),
+                loop.MetricsWriter(tmp_path / "off"), end_step=8)
+  assert "loss spike" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ restarts, locks
+
+
+def test_orphaned_main_refuses_to_restart_and_start_over_keeps_the_old_files(reference: Path,
+                                                                             tmp_path: Path):
+  """Checkpoints gone, config.json + metrics.jsonl left: training used to start again from
+  step 0 and delete the old metrics. It refuses (one ValueError naming what it found); with
+  start_over it trains from scratch and keeps the old files under main/previous-0/."""
+  workdir = tmp_path / "run"
+  main = workdir / "main"
+  shutil.copytree(reference, workdir)
+  for p in list(main.iterdir()):
+    if p.name.isdigit():
+      shutil.rmtree(p)
+  before = file_digests(main)
+  with pytest.raises(ValueError, match=r"holds config.json and metrics.jsonl \(metrics up to "
+                                       r"step 40\) but no checkpoint.*--start-over"):
+    branches.train(tiny_config(), str(workdir))
+  assert file_digests(main) == before
+  branches.train(tiny_config(train__total_steps=8), str(workdir), start_over=True)
+  assert (main / "previous-0" / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+  assert (main / "previous-0" / "config.json").read_bytes() == before["config.json"]
+  assert max(m["step"] for m in loop.read_metrics(main)) == 8
+  with pytest.raises(ValueError, match="--start-over: .* holds checkpoints"):
+    branches.train(tiny_config(train__total_steps=8), str(workdir), start_over=True)
+
+
+def test_trainer_refuses_a_locked_workdir(reference: Path, tmp_path: Path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  before = file_digests(workdir / "main")
+  holder = _lock_holder(workdir / "main")
+  try:
+    start = time.monotonic()
+    with pytest.raises(checkpoint.WorkdirLocked, match=f"in use by pid {holder.pid}"):
+      branches.train(tiny_config(train__total_steps=45), str(workdir))
+    assert time.monotonic() - start < 10
+  finally:
+    holder.kill()
+    holder.wait()
+  after = file_digests(workdir / "main")
+  assert {k: v for k, v in after.items() if k != ".lock"} == \
+      {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_second_cli_trainer_exits_at_once_naming_the_first(tmp_path: Path):
+  """Two trainers on one workdir: the second used to crash inside an Orbax save and leave
+  duplicate metrics rows; now it exits at once with one line naming the first's pid."""
+  workdir = tmp_path / "run"
+  first = Trainer(workdir, tmp_path / "first.log")
+  try:
+    first.wait_for_step(3)
+    second = subprocess.run(cli_args(workdir), cwd=REPO, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert second.returncode != 0
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        f"error: WorkdirLocked: {workdir / 'main'} is in use by pid {first.proc.pid} on host ")
+    assert first.proc.wait(timeout=300) == 0, first.output()
+  finally:
+    first.close()
+  steps = [m["step"] for m in loop.read_metrics(workdir / "main") if "loss" in m]
+  assert steps == list(range(1, TOTAL_STEPS + 1))
+
+
+def test_immutable_main_fails_at_once_naming_it(reference: Path, tmp_path: Path):
+  """Resuming into an immutable main used to hang ~300 s in Orbax and end in a TimeoutError."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  if not _immutable(workdir / "main"):
+    pytest.skip("chattr +i is not permitted here")
+  try:
+    start = time.monotonic()
+    with pytest.raises(PermissionError, match=f"--workdir: cannot write to {workdir / 'main'}"):
+      branches.train(tiny_config(train__total_steps=45), str(workdir))
+    assert time.monotonic() - start < 10
+  finally:
+    subprocess.run(["chattr", "-i", str(workdir / "main")], check=True)
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n\n\t\n", "caf\xe9".encode("latin-1") * 20],
+                         ids=["empty", "blank", "latin-1"])
+def test_bad_data_files_refused_before_compilation(content: bytes, tmp_path: Path):
+  good = tmp_path / "train.txt"
+  good.write_text("some text\n\nmore text\n" * 200)
+  bad = tmp_path / "validation.txt"
+  bad.write_bytes(content)
+  compiles = _compile_counter()
+  with pytest.raises(ValueError, match=str(bad)):
+    branches.train(tiny_config(data__source="text", data__train_patterns=(str(good),),
+                               data__validation_patterns=(str(bad),)), str(tmp_path / "run"))
+  assert not compiles, compiles
+  assert not (tmp_path / "run").exists()
+
+
+def _one_line_error(args: list[str]) -> str:
+  result = subprocess.run([sys.executable, "-m", "anytime.main", *args], cwd=REPO,
+                          env={**subprocess_env(), "ANYTIME_TRACEBACK": ""},
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  return errors[0]
+
+
+def test_cli_one_line_for_damaged_runs_and_divergence(reference: Path, tmp_path: Path):
+  """An all-damaged checkpoint set, the NaN stop and a truncated post-hoc snapshot end in one
+  line (they used to end in tracebacks)."""
+  damaged = tmp_path / "damaged" / "main"
+  damaged.mkdir(parents=True)
+  shutil.copy(reference / "main" / "config.json", damaged / "config.json")
+  shutil.copytree(reference / "main" / "5", damaged / "5")
+  (damaged / "5" / "state" / "_METADATA").write_text("{not json")
+  line = _one_line_error(cli_args(damaged.parent)[3:])
+  assert "TrainingError: " in line and "set aside: 5.damaged) but none could be restored" in line
+
+  line = _one_line_error(cli_args(tmp_path / "nan", optimizer__schedule__peak_value=1e30)[3:])
+  assert "non-finite loss or gradient at step" in line and "train.nan_policy='stop'" in line
+
+  snap = tmp_path / "snap"
+  branches.train(tiny_config(train__total_steps=10, train__snapshot_every=5), str(snap))
+  blobs = [p for p in (snap / "main" / "snapshots" / "10").rglob("*")
+           if p.is_file() and "/d/" in str(p) and p.stat().st_size > 1000]
+  assert blobs
+  for p in blobs:
+    with p.open("r+b") as f:
+      f.truncate(100)
+  line = _one_line_error(["posthoc", "--workdir", str(snap), "--step", "10",
+                          "--sigma-rel", "0.05,0.1"])
+  assert line.startswith("error: a post-hoc snapshot is damaged or truncated (") and \
+      "/snapshots/10/" in line

@@ -121,6 +121,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"data.cache_dir must be a string path or '', got {config.cache_dir!r}")
 
 
+def check_files(config: ml_collections.ConfigDict) -> None:
+  """Reads every text/jsonl file of both splits once and refuses a missing, empty, blank,
+  non-UTF-8 or (jsonl) malformed one with a ValueError naming it. Cheap next to training; run
+  it before anything is compiled or written."""
+  validate_config(config)
+  if config.source not in ("text", "jsonl"):
+    return
+  for split in SPLITS:
+    for path in _split_files(config, split):
+      text = _read_text(path)
+      if config.source == "jsonl" and not _jsonl_documents(path, text, config.text_field):
+        raise ValueError(f"{os.fspath(path)}: no non-empty {config.text_field!r} field")
+
+
 def _check_split(split: str) -> None:
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
