@@ -156,11 +156,12 @@ def _common_checkpoint(members: Sequence[_Member]) -> int | None:
 
 
 def _initial_state(members: Sequence[_Member], template: loop.Run):
-  """Stacked state and start step: a common checkpoint of every run, else each run's start."""
+  """Stacked state, start step, and whether it was resumed from a common checkpoint of every
+  run (else each run's start: its seed's init, or the checkpoint it branches from)."""
   resume = _common_checkpoint(members)
   if resume is not None:
     states = [m.store.restore(resume, template.abstract_state, m.iterator) for m in members]
-    return _stack(states), resume
+    return _stack(states), resume, True
   if members[0].spec.start is not None:
     states = []
     for m in members:
@@ -168,9 +169,9 @@ def _initial_state(members: Sequence[_Member], template: loop.Run):
       store = checkpoint.CheckpointStore(source, read_only=True)
       states.append(store.restore(step, template.abstract_state, m.iterator))
       store.close()
-    return _stack(states), members[0].spec.start_step
+    return _stack(states), members[0].spec.start_step, False
   seeds = np.array([m.spec.config.seed for m in members], np.uint32)
-  return parallel.jit_over_copies(template.init_fn)(seeds), 0
+  return parallel.jit_over_copies(template.init_fn)(seeds), 0, False
 
 
 def train_group(specs: Sequence[RunSpec], *, workdir: str | epath.Path,
@@ -204,12 +205,13 @@ def _train(members: list[_Member], template: loop.Run,
            progress: Callable[[Progress], None] | None) -> None:
   t = members[0].spec.config.train
   end = members[0].spec.end_step
-  states, step = _initial_state(members, template)
+  states, step, resumed = _initial_state(members, template)
   for m in members:
     if m.spec.start is None and step == 0:
       checkpoint.write_json(m.spec.directory / "config.json",
                             json.loads(m.spec.config.to_json_best_effort()))
-    m.writer = loop.MetricsWriter(m.spec.directory, truncate_after=step)
+    # Resumed: cut the log back to the restored step; fresh: an earlier log is set aside.
+    m.writer = loop.MetricsWriter(m.spec.directory, truncate_after=step if resumed else None)
     if m.snapshots is not None:
       m.snapshots.discard_after(step)
   step_fn = parallel.jit_over_copies(template.step_fn, donate_argnums=0)

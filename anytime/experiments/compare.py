@@ -421,7 +421,14 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str) -> verdict.Report
   if stored is not None and stored != json.loads(json.dumps(_manifest(config))):
     raise ValueError(f"--workdir {workdir} holds a different suite (suite.json differs); use "
                      "a new workdir")
-  checkpoint.write_json(workdir / "suite.json", _manifest(config))
+  checkpoint.check_writable(workdir, field="--workdir")
+  with checkpoint.DirectoryLock(workdir):
+    checkpoint.write_json(workdir / "suite.json", _manifest(config))
+    _tune_and_rerun(config, workdir)
+  return write_report(str(workdir))
+
+
+def _tune_and_rerun(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
   s = config.suite
   logging.getLogger("absl").setLevel(logging.WARNING)
   started = time.perf_counter()
@@ -466,7 +473,6 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str) -> verdict.Report
   checkpoint.write_json(workdir / "timing.json", timing)
   checkpoint.write_json(workdir / "records.json", dict(records=[
       r._asdict() for r in records_of(planned, config)]))
-  return write_report(str(workdir))
 
 
 def _initial_grids(s: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
