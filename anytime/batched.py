@@ -14,7 +14,10 @@ trained in a group equals the same run trained alone to float32 rounding (tests/
 
 A run whose loss or gradient turns non-finite (a too-large LR in a grid) is *diverged*: its
 update is dropped as in ``loop``, its later evaluations are recorded as NaN, and the other runs
-go on. The group's mesh is one device; the run axis is what is parallel.
+go on. Each run's model lives on one device; the run axis is what is parallel, and where
+several devices are present (e.g. ``--xla_force_host_platform_device_count`` CPU devices, one
+per core, which ``anytime.main compare`` sets up) it is sharded over as many of them as divide
+the number of runs.
 """
 
 from __future__ import annotations
@@ -155,6 +158,17 @@ def _common_checkpoint(members: Sequence[_Member]) -> int | None:
   return max(steps) if steps else None
 
 
+def run_sharding(count: int) -> jax.sharding.NamedSharding | None:
+  """The sharding of a leading run axis of ``count`` over the most devices that divide it
+  (None on one device)."""
+  devices = jax.devices()
+  used = max(d for d in range(1, len(devices) + 1) if count % d == 0)
+  if used == 1:
+    return None
+  mesh = jax.sharding.Mesh(np.array(devices[:used]), ("runs",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("runs"))
+
+
 def _initial_state(members: Sequence[_Member], template: loop.Run):
   """Stacked state, start step, and whether it was resumed from a common checkpoint of every
   run (else each run's start: its seed's init, or the checkpoint it branches from)."""
@@ -192,7 +206,7 @@ def train_group(specs: Sequence[RunSpec], *, workdir: str | epath.Path,
   if (first.config.parallel.num_devices or jax.device_count()) != 1:
     raise ValueError("parallel.num_devices must be 1 for batched runs (the run axis is the "
                      f"parallel one), got {first.config.parallel.num_devices}")
-  template = loop.build_run(first.config, workdir)
+  template = loop.build_run(first.config, workdir, constrain_activations=False)
   members = [_Member(spec, template) for spec in specs]
   try:
     _train(members, template, progress)
@@ -214,11 +228,19 @@ def _train(members: list[_Member], template: loop.Run,
     m.writer = loop.MetricsWriter(m.spec.directory, truncate_after=step if resumed else None)
     if m.snapshots is not None:
       m.snapshots.discard_after(step)
-  step_fn = parallel.jit_over_copies(template.step_fn, donate_argnums=0)
+  sharding = run_sharding(len(members))
+  eval_batches = template.eval_batches
+  placed = {}
+  if sharding is not None:
+    states = jax.device_put(states, sharding)
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    eval_batches = jax.device_put(jax.device_get(eval_batches), replicated)
+    placed = dict(in_shardings=sharding, out_shardings=sharding)
+  step_fn = parallel.jit_over_copies(template.step_fn, donate_argnums=0, **placed)
   eval_fn = parallel.jit_over_copies(template.eval_fn, in_axes=(0, None))
   # Each run's raw params and averages (and Schedule-Free's point), stacked like the states.
   candidates_fn = parallel.jit_over_copies(
-      lambda state: averaging.eval_params(state.opt_state, state.params))
+      lambda state: averaging.eval_params(state.opt_state, state.params), **placed)
   tokens_per_step = t.batch_size * t.seq_len
   eval_steps = frozenset().union(*(m.spec.eval_steps for m in members))
   save_steps = frozenset().union(*(m.spec.keep_steps for m in members))
@@ -246,7 +268,7 @@ def _train(members: list[_Member], template: loop.Run,
       if pending is not None:
         _log(members, *pending, tokens_per_step)
         pending = None
-      _evaluate(members, template, eval_fn, candidates_fn(states), step, tokens_per_step)
+      _evaluate(members, eval_batches, eval_fn, candidates_fn(states), step, tokens_per_step)
     if step % t.checkpoint_every == 0 or step in save_steps or step == end:
       for i, m in enumerate(members):
         if step not in m.store.all_steps():
@@ -276,10 +298,10 @@ def _log(members: Sequence[_Member], step: int, device_metrics: Mapping[str, Any
                             "lr": float(metrics["lr"][i]), "tokens": step * tokens_per_step})
 
 
-def _evaluate(members: Sequence[_Member], template: loop.Run, eval_fn,
+def _evaluate(members: Sequence[_Member], eval_batches: Sequence[dict], eval_fn,
               candidates: Mapping[str, Any], step: int, tokens_per_step: int) -> None:
   """Validation loss of every run's raw params and averages, all runs in one call per batch."""
-  totals = {name: [eval_fn(params, batch) for batch in template.eval_batches]
+  totals = {name: [eval_fn(params, batch) for batch in eval_batches]
             for name, params in candidates.items()}  # all dispatched before any is read
   losses = {}
   for name, parts in totals.items():

@@ -10,6 +10,7 @@ branches or suites: callers pass host hooks (``anytime.branches`` takes its bran
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -116,11 +117,14 @@ class Run:
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
-              schedule_override: Mapping[str, Any] | None = None) -> Run:
+              schedule_override: Mapping[str, Any] | None = None, *,
+              constrain_activations: bool = True) -> Run:
   """Builds mesh, tokenizer, model, optimizer and jitted steps. No training happens here.
 
   ``config`` must have passed ``start`` (the entry points validate once, at the boundary).
   ``schedule_override`` replaces ``optimizer.schedule`` (decay branches use it).
+  ``constrain_activations=False`` leaves the activations' sharding to the compiler (runs
+  vmapped and sharded over devices by ``anytime.batched``, each on one device).
   """
   devices = jax.devices()[:config.parallel.num_devices or None]
   mesh = parallel.make_mesh(config.parallel.mesh, devices)
@@ -144,6 +148,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
 
   graphdef = model_lib.graphdef(model_config)
   axes = model_lib.logical_axes(model_config)
+  activation_rules = ((lambda: parallel.activation_rules(mesh, rules)) if constrain_activations
+                      else contextlib.nullcontext)
 
   def init_params(seed):
     return model_lib.init(model_config, jax.random.key(seed))[1]
@@ -172,7 +178,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
     return total / jnp.maximum(count, 1.0)
 
   def train_step(state: TrainState, batch: dict, lr: jax.Array) -> tuple[TrainState, dict]:
-    with parallel.activation_rules(mesh, rules):
+    with activation_rules():
       loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
     opt_state = optimizers.set_learning_rate(state.opt_state, lr)
     updates, opt_state = tx.update(grads, opt_state, state.params)
@@ -189,7 +195,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
                            out_shardings=(state_shardings, replicated), donate_argnums=0)
 
   def eval_step(params, batch):
-    with parallel.activation_rules(mesh, rules):
+    with activation_rules():
       logits = model_lib.apply(graphdef, params, batch["inputs"])
     return cross_entropy(logits, batch["targets"], batch["weights"])
 

@@ -187,6 +187,8 @@ def main(argv: list[str]) -> None:
   from anytime import parallel  # pylint: disable=g-import-not-at-top
 
   parallel.use_compilation_cache()
+  if command == "compare":
+    parallel.use_cpu_devices()  # a suite's batched runs are sharded over the cores
   if command == "train":
     config = _checked_config("configs/lm_tiny.py")
     _check_schema(config)

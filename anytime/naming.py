@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from anytime import schedules
+
 EVAL_PREFIX = "eval_loss/"
 
 
@@ -26,8 +28,8 @@ def eval_losses(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 def cooldown_steps(fraction: float, horizon: int) -> int:
-  """The cooldown length of a decay branch that ends at ``horizon``: at least one step."""
-  return max(1, round(fraction * horizon))
+  """The cooldown length of a decay branch that ends at ``horizon`` (``schedules``' rule)."""
+  return schedules.cooldown_length(fraction, horizon)
 
 
 def branch_name(shape: str, end_step: int) -> str:

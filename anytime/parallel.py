@@ -220,3 +220,13 @@ def use_compilation_cache(directory: str | None = None) -> str:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return directory
+
+
+def use_cpu_devices(count: int | None = None) -> None:
+  """Exposes ``count`` CPU devices (default: one per core) so that independent work, e.g. the
+  runs of a batched group, runs on every core. Only takes effect before JAX starts its
+  backends, and never overrides a device count already set in ``XLA_FLAGS``."""
+  flag = "--xla_force_host_platform_device_count"
+  flags = os.environ.get("XLA_FLAGS", "")
+  if flag not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}={count or os.cpu_count() or 1}".strip()

@@ -37,7 +37,7 @@ import optax
 __all__ = [
     "Schedule", "NamedSchedule", "COOLDOWN_SHAPES", "SCHEDULES", "constant", "polynomial_decay",
     "inverse_sqrt", "anytime_exponent", "cosine", "linear", "cooldown_multiplier",
-    "decay_branch", "wsd", "wsd_s", "cyclic_cosine", "from_config",
+    "cooldown_length", "decay_branch", "wsd", "wsd_s", "cyclic_cosine", "from_config",
 ]
 
 Schedule = optax.Schedule
@@ -376,6 +376,18 @@ def decay_branch(
   return _guard_step(schedule)
 
 
+def cooldown_length(fraction: float, horizon: int) -> int:
+  """The cooldown of a decay that takes ``fraction`` of a run ending at ``horizon``: at least
+  one step. (The one place this rule lives: WSD here, decay branches in the trainer.)
+
+  Example:
+    >>> from anytime import schedules
+    >>> schedules.cooldown_length(0.2, 800), schedules.cooldown_length(0.01, 10)
+    (160, 1)
+  """
+  return max(1, round(fraction * horizon))
+
+
 @_named
 def wsd(
     peak_value: float,
@@ -407,7 +419,7 @@ def wsd(
     raise ValueError("give exactly one of cooldown_steps or cooldown_fraction")
   if cooldown_fraction is not None:
     cooldown_fraction = _check_fraction("cooldown_fraction", cooldown_fraction)
-    cooldown_steps = max(1, round(cooldown_fraction * total_steps))
+    cooldown_steps = cooldown_length(cooldown_fraction, total_steps)
   cooldown_steps = _check_positive_int("cooldown_steps", cooldown_steps)
   if warmup_steps + cooldown_steps > total_steps:
     raise ValueError(

@@ -1,32 +1,48 @@
-"""Anytime vs cosine on real English text (../shared/data/text), sized for a 2-core CPU.
+"""Anytime vs tuned schedules on real English text at 1-4x Chinchilla, sized for a 2-core CPU.
 
     python -m anytime.main compare --config configs/compare_shared_corpus.py \
         --workdir /tmp/anytime_shared
 
-Byte-level 2-layer d=64 transformer (0.1M params) on Shakespeare, the King James Bible and
-Milton (train: 9.0M bytes; validation: 4 held-back plays and 6 held-back books, 0.73M bytes).
-Base horizon T = 200 steps of 16 x 64 tokens; horizons 1x-8x (0.2M-1.6M tokens, under one
-epoch). Cosine is tuned per horizon over 3 peak LRs (12 runs); the anytime methods use one LR
-for all horizons. Evaluation: 16 x 32 windows of 64 tokens (33k validation tokens).
-The README's results section reports what this produced and how long it took.
+Byte-level 2-layer d=48 transformer (68k non-embedding parameters) on Shakespeare, the King
+James Bible and Milton (../shared/data/text: 9.0M training bytes; validation = 4 held-back
+plays and 6 held-back books). Base horizon T = 1360 steps of 16 x 64 tokens = 1.39M tokens =
+20.4 tokens per non-embedding parameter (1x Chinchilla); horizons 1x, 2x, 4x (under one epoch).
+The same tuning protocol as the quickstart (√2-spaced LR grid extended at its edges; baselines
+per horizon, anytime methods with one LR; 3 seeds). Evaluation: 32 batches of 64 windows (131k
+validation tokens). Expect about an hour on an idle 2-core CPU; the README has the measured
+table and time.
 """
 
-from configs import compare_tiny
+import ml_collections
+
+from anytime import config as config_lib
+from anytime.experiments import compare
 
 
 def get_config():
-  config = compare_tiny.get_config()  # the same model; real text, longer horizons, an LR grid
-  base, suite = config.base, config.suite
+  base = config_lib.default_config()
+  base.model.d_model = 48
+  base.model.num_layers = 2
+  base.model.num_heads = 2
+  base.model.mlp_dim = 192
+  base.model.max_len = 64
   base.data.source = "text"
   base.data.train_patterns = ("../shared/data/text/train/*.txt.gz",)
   base.data.validation_patterns = ("../shared/data/text/validation/*.txt.gz",)
-  base.train.eval_batches = 16
-  base.train.log_every = 200
-  suite.base_steps = 200
-  suite.warmup_steps = 20
-  suite.cosine_peak_values = [2e-3, 4e-3, 8e-3]
-  suite.peak_values = [4e-3]
-  suite.schedule_free_peak_values = [4e-3]
-  suite.inverse_sqrt_offset = 80.0  # 4x the warmup, as in the seed paper
-  suite.evals_per_base = 2
-  return config
+  base.train.batch_size = 16
+  base.train.seq_len = 64
+  base.train.eval_batches = 32
+  base.train.eval_batch_size = 64
+  base.train.log_every = 680
+  base.parallel.mesh = dict(data=1, fsdp=1, tensor=1)
+  base.parallel.num_devices = 1
+  suite = compare.default_suite()
+  suite.base_steps = 1360
+  suite.multipliers = [1, 2, 4]
+  suite.warmup_steps = 68
+  suite.lr_centre = 6e-3
+  suite.lr_points = 3
+  suite.seeds = 3
+  suite.inverse_sqrt_offset = 272.0  # 4x the warmup, as in the seed paper
+  suite.lawa_every = 136
+  return ml_collections.ConfigDict(dict(base=base, suite=suite))

@@ -38,8 +38,11 @@ TINY_SUITE = [
     "--config.base.train.batch_size=4", "--config.base.train.eval_batch_size=4",
     "--config.base.train.eval_batches=1", "--config.base.data.max_bytes=100000",
     "--config.suite.base_steps=10", "--config.suite.multipliers=[1,2]",
-    "--config.suite.warmup_steps=2", "--config.suite.cosine_peak_values=[3e-3]",
-    "--config.suite.inverse_sqrt_offset=4.0", "--config.suite.snapshots_per_base=2",
+    "--config.suite.warmup_steps=2", "--config.suite.lr_points=2",
+    "--config.suite.max_extensions=0", "--config.suite.seeds=2",
+    "--config.suite.methods=[constant]", "--config.suite.inverse_sqrt_offset=4.0",
+    "--config.suite.snapshots_per_base=2", "--config.suite.evals_per_base=2",
+    "--config.suite.posthoc_sigma_rels=[0.1]", "--config.suite.merge_last=[2]",
 ]
 TINY_LINREG = ["--config.dim=2000", "--config.num_steps=500", "--config.tune_steps=(100,200,500)",
                "--config.fit_range=(100,500)", "--config.lr_multipliers=(0.01,0.1,1.0)",
@@ -74,7 +77,7 @@ COVERAGE = {
     "launch/tpu_vm.sh": "launchers",
     "launch/slurm_gpu.sbatch": "launchers",
     "launch/README.md": "not a command (a document)",
-    "python3 -m pip install -e . && python3 -m anytime.main compare --config "
+    "python3 -m pip install -e \".[train]\" && python3 -m anytime.main compare --config "
     "configs/compare_tiny.py --workdir /tmp/anytime_compare": "compare",
 }
 

@@ -77,7 +77,7 @@ def default_suite() -> ml_collections.ConfigDict:
       snapshots_per_base=10,
       merge_last=[4],  # merge the last k checkpoints before each horizon ([] = off)
       merge_ema_alpha=0.5,  # the "ema" merge's decay per checkpoint
-      checkpoints_per_base=8,  # main checkpoints per T of the constant runs (for merging)
+      checkpoints_per_base=10,  # main checkpoints per T of the constant runs (for merging)
   ))
 
 
