@@ -9,6 +9,7 @@ data in the config, not code branches.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -115,24 +116,28 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state, pa
 
 # ---------------------------------------------------------------- activation constraints
 
-_ACTIVE_RULES: list[tuple[Any, Rules]] = []
+# The (mesh, rules) that ``constrain`` uses while tracing; None outside ``activation_rules``.
+# A ContextVar, not a global: nested contexts and other threads each see their own.
+_active_rules: contextvars.ContextVar[tuple[Any, tuple] | None] = contextvars.ContextVar(
+    "anytime_activation_rules", default=None)
 
 
 @contextlib.contextmanager
 def activation_rules(mesh, rules: Rules) -> Iterator[None]:
   """While tracing inside this context, ``constrain`` shards activations by ``rules``."""
-  _ACTIVE_RULES.append((mesh, tuple(rules)))
+  token = _active_rules.set((mesh, tuple(rules)))
   try:
     yield
   finally:
-    _ACTIVE_RULES.pop()
+    _active_rules.reset(token)
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   """``with_sharding_constraint`` by logical axes; a no-op outside ``activation_rules``."""
-  if not _ACTIVE_RULES:
+  active = _active_rules.get()
+  if active is None:
     return x
-  mesh, rules = _ACTIVE_RULES[-1]
+  mesh, rules = active
   spec = logical_to_spec(logical_axes, rules, x.shape, mesh)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 

@@ -6,7 +6,7 @@
 12 layers, d_model 1024, 16 heads, MLP 4096, sequence 1024, global batch 256 (262,144 tokens
 per step), AdamW (b2 0.95, no weight decay), bfloat16 compute with float32 params, fused
 attention on GPU. The seed paper uses C4 with the T5 tokenizer (vocab 32,100): point
-data.source="array_record" at shards written by `python -m anytime.lm.data prepare` and
+data.source="array_record" at shards written by `python -m anytime.lm.prepare` and
 data.tokenizer at the T5 sentencepiece model. Without such data it falls back to the embedded
 corpus with byte tokens, which is only useful as a smoke test.
 Measured on one H100 (benchmarks/lm_step.py, batch 64 x 1024): see the README's MFU figure.

@@ -6,11 +6,22 @@
 per step), 12,500 steps = 1x Chinchilla; activations rematerialised per block.
 """
 
-from configs import lm_150m
+import importlib.util
+import pathlib
+
+
+def _lm_150m():
+  """configs/lm_150m.py next to this file, loaded by path: it works from any directory (the
+  configs are files given on the command line, not a package on sys.path)."""
+  path = pathlib.Path(__file__).with_name("lm_150m.py")
+  spec = importlib.util.spec_from_file_location("anytime_configs_lm_150m", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def get_config():
-  config = lm_150m.get_config()
+  config = _lm_150m().get_config()
   config.model.num_layers = 24
   config.model.remat = True
   config.train.batch_size = 512

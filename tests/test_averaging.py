@@ -410,3 +410,19 @@ def test_abstract_state_gives_abstract_params(name):
   assert jax.tree.structure(avg) == jax.tree.structure(params)
   for a, p in zip(jax.tree.leaves(avg), jax.tree.leaves(params)):
     assert isinstance(a, jax.ShapeDtypeStruct) and a.shape == p.shape and a.dtype == p.dtype
+
+
+def test_docstring_examples_run():
+  """The package's examples (``>>>`` in docstrings) are tested, one module at a time."""
+  import doctest  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  import pkgutil  # pylint: disable=g-import-not-at-top
+
+  modules = [averaging] + [importlib.import_module(f"anytime.averaging.{m.name}")
+                           for m in pkgutil.iter_modules(averaging.__path__)]
+  attempted = 0
+  for module in modules:
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, module.__name__
+    attempted += result.attempted
+  assert attempted >= 30

@@ -2,13 +2,19 @@
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 
 import grain
 import numpy as np
 import pytest
 from scipy import stats
 
-from anytime.lm import data
+from absl import flags
+
+from anytime.lm import data, documents
+from anytime.lm import prepare as prepare_lib
 from anytime.lm import tokenizer as tokenizer_lib
 
 BYTE = tokenizer_lib.ByteTokenizer()
@@ -345,13 +351,59 @@ def test_unigram_entropy_matches_scipy(text_config):
   assert data.unigram_entropy(text_config, BYTE) == pytest.approx(expected, rel=1e-12)
 
 
+class CountingTokenizer(tokenizer_lib.ByteTokenizer):
+  """Byte tokens, counting the documents it encodes."""
+
+  encoded = 0
+
+  def encode_documents(self, docs):
+    self.encoded += len(docs)
+    return super().encode_documents(docs)
+
+
 def test_cache_dir_round_trip(tmp_path, text_config):
   text_config.cache_dir = str(tmp_path / "cache")
-  first = data.load_tokens(text_config, BYTE)
-  data._STREAMS.clear()
+  tok = CountingTokenizer()
+  first = data.load_tokens(text_config, tok)
   files = list((tmp_path / "cache").glob("tokens-train-*.npy"))
-  assert len(files) == 1
-  np.testing.assert_array_equal(data.load_tokens(text_config, BYTE), first)
+  assert len(files) == 1 and tok.encoded == len(TRAIN_DOCS)
+  np.testing.assert_array_equal(data.load_tokens(text_config, tok), first)
+  assert tok.encoded == len(TRAIN_DOCS)  # read back from the .npy, not tokenized again
+
+
+def test_streams_are_cached_only_by_the_callers_cache(text_config):
+  tok = CountingTokenizer()
+  data.load_tokens(text_config, tok)
+  data.load_tokens(text_config, tok)
+  assert tok.encoded == 2 * len(TRAIN_DOCS)  # no hidden process-wide cache
+  streams = data.StreamCache(max_streams=1)
+  tok.encoded = 0
+  first = data.load_tokens(text_config, tok, streams=streams)
+  again = data.load_tokens(text_config, tok, "train", streams=streams)
+  np.testing.assert_array_equal(again, first)
+  assert tok.encoded == len(TRAIN_DOCS) and len(streams) == 1
+  data.make_eval_batches(text_config, tok, seq_len=16, batch_size=2, num_batches=1,
+                         streams=streams)  # validation: evicts train (max_streams=1)
+  assert len(streams) == 1
+  next(data.make_train_iterator(text_config, tok, seq_len=16, global_batch_size=2, seed=0,
+                                streams=streams))
+  assert tok.encoded == 2 * len(TRAIN_DOCS) + len(VALIDATION_DOCS)
+  data.unigram_entropy(text_config, tok, "train", streams=streams)
+  assert tok.encoded == 2 * len(TRAIN_DOCS) + len(VALIDATION_DOCS)
+  with pytest.raises(ValueError, match="max_streams"):
+    data.StreamCache(max_streams=0)
+  with pytest.raises(ValueError, match="streams must be"):
+    data.load_tokens(text_config, tok, streams={})
+
+
+def test_worker_processes_need_parsed_flags_and_parse_none(text_config, monkeypatch):
+  monkeypatch.setattr(flags.FlagValues, "is_parsed", lambda self: False)
+  marked = []
+  monkeypatch.setattr(flags.FlagValues, "mark_as_parsed", lambda self: marked.append(self))
+  text_config.worker_count = 2
+  with pytest.raises(ValueError, match=r"data.worker_count=2 .*absl.app.run"):
+    data.make_train_iterator(text_config, BYTE, seq_len=8, global_batch_size=2, seed=0)
+  assert not marked
 
 
 # --------------------------------------------------------------------------- ArrayRecord
@@ -359,9 +411,13 @@ def test_cache_dir_round_trip(tmp_path, text_config):
 
 def test_prepare_array_record_matches_text_source(tmp_path, text_config):
   for split in ("train", "validation"):
-    data.main(["prepare", "--input", text_config[f"{split}_patterns"][0], "--tokenizer", "byte",
-               "--output", str(tmp_path / f"ar_{split}"), "--record_tokens", "50",
-               "--shard_size", "7"])
+    values = flags.FlagValues()
+    prepare_lib.define_flags(values)
+    values(["prepare", "--input", text_config[f"{split}_patterns"][0], "--tokenizer", "byte",
+            "--output", str(tmp_path / f"ar_{split}"), "--record_tokens", "50",
+            "--shard_size", "7"])
+    assert values.source == "auto"
+    prepare_lib.prepare_from_flags(values)
   meta = json.loads((tmp_path / "ar_train" / "metadata.json").read_text())
   assert len(meta["shards"]) > 1 and meta["num_tokens"] == len(_byte_stream(TRAIN_DOCS))
   config = text_config.copy_and_resolve_references()
@@ -384,7 +440,7 @@ def test_prepare_array_record_matches_text_source(tmp_path, text_config):
   with pytest.raises(ValueError, match="prepared with tokenizer"):
     data.load_tokens(config, bpe)
   with pytest.raises(ValueError, match="already holds"):
-    data.prepare(text_config.train_patterns, BYTE, str(tmp_path / "ar_train"))
+    prepare_lib.prepare(text_config.train_patterns, BYTE, str(tmp_path / "ar_train"))
   config.validation_patterns = config.train_patterns
   with pytest.raises(ValueError, match="disjoint"):
     data.load_tokens(config, BYTE)
@@ -402,7 +458,7 @@ def test_embedded_corpus_split_is_stable_and_disjoint():
   assert relative == sorted(relative) and len(files) > 100
   assert not any("/test/" in f"/{r}" or "site-packages" in r for r in relative)
   config = data.default_config()
-  validation = [r for r in relative if data._in_validation(r, config.validation_fraction)]
+  validation = [r for r in relative if documents.in_validation(r, config.validation_fraction)]
   assert 0.02 < len(validation) / len(relative) < 0.10
   assert data.embedded_files() == files
   train_docs = set(data.iter_documents(config, "train"))
@@ -414,3 +470,21 @@ def test_embedded_corpus_split_is_stable_and_disjoint():
   batch = next(data.make_train_iterator(config, BYTE, seq_len=64, global_batch_size=8, seed=0))
   assert batch["inputs"].shape == (8, 64)
   assert 2.0 < data.unigram_entropy(config, BYTE) < np.log(257)
+
+
+@pytest.mark.slow
+def test_prepare_command_line(tmp_path, text_config):
+  """``python -m anytime.lm.prepare``: an absl command; importing the module defines no flag."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": repo}
+  out = tmp_path / "prepared"
+  command = [sys.executable, "-m", "anytime.lm.prepare", "--input",
+             text_config.validation_patterns[0], "--tokenizer", "byte", "--output", str(out)]
+  result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"wrote {len(_byte_stream(VALIDATION_DOCS))} tokens" in result.stdout
+  assert json.loads((out / "metadata.json").read_text())["num_records"] == 1
+  bad = subprocess.run(command[:3] + ["--tokenizer", "byte", "--output", str(tmp_path / "x")],
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "--input" in bad.stderr
+  assert "input" not in flags.FLAGS  # this process imported the module: no flag defined

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "anytime"
 LAYERS = [
     ("schedules",),
     ("averaging",),
-    ("posthoc", "optimizers", "naming", "parallel", "checkpoint"),
+    ("posthoc", "optimizers", "naming", "guard", "parallel", "checkpoint"),
     ("lm",),
     ("config", "theory"),
     ("loop",),

@@ -104,6 +104,44 @@ def test_straightforward_reference_agrees():
   np.testing.assert_allclose(curves.average[0, 0], avg, rtol=1e-12)
 
 
+def _formula_rates(kind, num_steps, ema_decay, half_life_factor, gamma, start):
+  """The lab's closed forms of rho_t (what averaging_weights computed before it used the kinds)."""
+  t = np.arange(1, num_steps + 1, dtype=np.float64)
+  rho = {
+      "uniform": lambda: 1.0 / t,
+      "ema": lambda: np.full(num_steps, 1.0 - ema_decay),
+      "anytime_ema": lambda: -np.expm1(-math.log(2.0) * half_life_factor / (t + 1.0)),
+      "power_ema": lambda: -np.expm1((gamma + 1.0) * np.log1p(-1.0 / np.maximum(t, 2.0))),
+      "tail": lambda: np.where(t < start, 1.0, 1.0 / np.maximum(t - start + 1, 1.0)),
+      "none": lambda: np.ones(num_steps),
+  }[kind]()
+  rho[0] = 1.0
+  return rho
+
+
+@pytest.mark.parametrize("kind", linreg.AVERAGING_KINDS)
+@pytest.mark.parametrize("params", [dict(ema_decay=0.999, half_life_factor=25.0, gamma=7.0,
+                                         start=1),
+                                    dict(ema_decay=0.9, half_life_factor=2.0, gamma=0.0,
+                                         start=20),
+                                    dict(ema_decay=0.0, half_life_factor=0.5, gamma=16.97,
+                                         start=3000)])
+def test_averaging_weights_are_the_library_kinds_rates(kind, params):
+  num_steps = 2000
+  got = linreg.averaging_weights(kind, num_steps, **params)
+  np.testing.assert_allclose(got, _formula_rates(kind, num_steps, **params), rtol=1e-9,
+                             atol=0)
+  assert got[0] == 1.0 and got.shape == (num_steps,)
+
+
+def test_averaging_weights_take_an_average_object():
+  from anytime import averaging  # pylint: disable=g-import-not-at-top
+  np.testing.assert_array_equal(linreg.averaging_weights(averaging.anytime_ema(3.0), 50),
+                                linreg.averaging_weights("anytime_ema", 50, half_life_factor=3.0))
+  with pytest.raises(ValueError, match="not one recursion"):
+    linreg.averaging_weights(averaging.tail(0.2), 50)
+
+
 # --------------------------------------------------------------------------- Monte Carlo
 
 

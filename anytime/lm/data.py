@@ -10,12 +10,13 @@ Sources (``config.source``):
     given by glob patterns. ``document_split="blank_lines"`` makes every blank-line-separated
     block a document; ``"file"`` makes every file one.
   * ``"jsonl"``: one JSON object per line, document = ``obj[text_field]`` (``.gz`` allowed).
-  * ``"array_record"``: token shards written by ``python -m anytime.lm.data prepare``; the
-    streaming route for data too big for memory.
+  * ``"array_record"``: token shards written by ``python -m anytime.lm.prepare``; the streaming
+    route for data too big for memory.
 
-Text sources are tokenized once, in memory, into one stream ``doc EOS doc EOS ...`` (cached per
-process, and as ``.npy`` under ``cache_dir`` if set). The stream is cut into consecutive windows
-of ``seq_len + 1`` tokens (the last one wraps around to the start, so no token is lost);
+Text sources are tokenized, in memory, into one stream ``doc EOS doc EOS ...``: at every call,
+once per process when the caller passes a ``StreamCache`` (``streams=``), and once for good as
+``.npy`` under ``cache_dir`` if set. The stream is cut into consecutive windows of
+``seq_len + 1`` tokens (the last one wraps around to the start, so no token is lost);
 ``inputs = window[:-1]``, ``targets = window[1:]``. Training draws windows through a grain
 ``IndexSampler`` (new permutation per epoch, disjoint shard per process); evaluation uses a
 fixed list of validation windows, the last one padded with weight 0.
@@ -23,17 +24,14 @@ fixed list of validation windows, the last one padded with weight 0.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import gzip
 import hashlib
 import json
 import math
 import os
-import re
 import sys
 import sysconfig
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
@@ -41,16 +39,13 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from anytime.lm import documents
+from anytime.lm import prepare as prepare_lib
 from anytime.lm import tokenizer as tokenizer_lib
+from anytime.lm.documents import DOCUMENT_SPLITS, embedded_files, expand_patterns  # re-exported
 
 SOURCES = ("embedded", "text", "jsonl", "array_record")
-DOCUMENT_SPLITS = ("blank_lines", "file")
 SPLITS = ("train", "validation")
-METADATA_FILE = "metadata.json"
-_FORMAT = "anytime.lm.data.tokens/v1"
-_EXCLUDED_STDLIB_DIRS = frozenset(
-    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
-_BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
 _EVAL_ORDER_SEED = 20260203  # Fixed: the eval windows never depend on any run's seed.
 
 
@@ -130,8 +125,9 @@ def check_files(config: ml_collections.ConfigDict) -> None:
     return
   for split in SPLITS:
     for path in _split_files(config, split):
-      text = _read_text(path)
-      if config.source == "jsonl" and not _jsonl_documents(path, text, config.text_field):
+      text = documents.read_text(path)
+      if config.source == "jsonl" and not documents.jsonl_documents(path, text,
+                                                                    config.text_field):
         raise ValueError(f"{os.fspath(path)}: no non-empty {config.text_field!r} field")
 
 
@@ -148,106 +144,6 @@ def _check_process(process_index: int, process_count: int) -> None:
 # --------------------------------------------------------------------------- files -> documents
 
 
-def expand_patterns(patterns: Sequence[str], field: str = "patterns") -> list[epath.Path]:
-  """Sorted, de-duplicated files matching glob patterns; FileNotFoundError if one matches none."""
-  files: dict[str, epath.Path] = {}
-  for pattern in patterns:
-    if not any(c in pattern for c in "*?["):
-      path = epath.Path(pattern)
-      if not path.exists():
-        raise FileNotFoundError(f"{field}: {pattern!r} does not exist")
-      matches = [path]
-    else:
-      parts = pattern.split("/")
-      first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
-      base = "/".join(parts[:first]) or ("/" if pattern.startswith("/") else ".")
-      rest = "/".join(parts[first:])
-      base_path = epath.Path(base)
-      matches = sorted(base_path.glob(rest)) if base_path.exists() else []
-      if not matches:
-        raise FileNotFoundError(f"{field}: no file matches {pattern!r}")
-    for path in matches:
-      if path.is_dir():
-        raise ValueError(f"{field}: {os.fspath(path)!r} is a directory; give files or a glob")
-      files.setdefault(os.fspath(path), path)
-  return [files[k] for k in sorted(files)]
-
-
-def _read_text(path: epath.Path) -> str:
-  """UTF-8 text of a file (``.gz`` decompressed); ValueError naming the file if bad or empty."""
-  data = path.read_bytes()
-  if path.name.endswith(".gz"):
-    try:
-      data = gzip.decompress(data)
-    except (OSError, EOFError) as e:
-      raise ValueError(f"{os.fspath(path)}: not a valid gzip file ({e})") from e
-  try:
-    text = data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise ValueError(f"{os.fspath(path)}: not valid UTF-8 (byte {e.start}: {e.reason}); "
-                     "convert it to UTF-8") from e
-  if not text.strip():
-    raise ValueError(f"{os.fspath(path)}: file is empty (no text)")
-  return text
-
-
-def _text_documents(text: str, document_split: str) -> list[str]:
-  if document_split == "file":
-    return [text]
-  return [d.strip("\r\n") for d in _BLANK_LINES.split(text) if d.strip()]
-
-
-def _jsonl_documents(path: epath.Path, text: str, text_field: str) -> list[str]:
-  docs = []
-  for line_number, line in enumerate(text.splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{os.fspath(path)}:{line_number}: invalid JSON ({e.msg})") from e
-    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-      raise ValueError(f"{os.fspath(path)}:{line_number}: no string field "
-                       f"data.text_field={text_field!r}")
-    if record[text_field].strip():
-      docs.append(record[text_field])
-  return docs
-
-
-def embedded_files() -> list[tuple[str, str]]:
-  """``(relative_path, absolute_path)`` of the embedded corpus, sorted by relative path."""
-  root = sysconfig.get_paths()["stdlib"]
-  found = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = [d for d in dirnames if d not in _EXCLUDED_STDLIB_DIRS
-                   and not d.startswith(("test_", "config-", "."))]
-    for name in filenames:
-      if name.endswith(".py") and not name.startswith("_sysconfigdata"):
-        full = os.path.join(dirpath, name)
-        found.append((os.path.relpath(full, root).replace(os.sep, "/"), full))
-  return sorted(found)
-
-
-def _in_validation(relative_path: str, fraction: float) -> bool:
-  digest = hashlib.sha256(relative_path.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def _cap(docs: Iterable[str], max_bytes: int) -> Iterator[str]:
-  """Documents until ``max_bytes`` UTF-8 bytes are used (the last one cut); all if 0."""
-  used = 0
-  for doc in docs:
-    if max_bytes and used >= max_bytes:
-      return
-    if max_bytes:
-      raw = doc.encode("utf-8")
-      if used + len(raw) > max_bytes:
-        doc = raw[:max_bytes - used].decode("utf-8", errors="ignore")
-      used += len(raw)
-    if doc:
-      yield doc
-
-
 def iter_documents(config: ml_collections.ConfigDict, split: str) -> Iterator[str]:
   """The documents of a split, in a fixed order, capped at ``config.max_bytes``."""
   validate_config(config)
@@ -255,14 +151,19 @@ def iter_documents(config: ml_collections.ConfigDict, split: str) -> Iterator[st
   if config.source == "array_record":
     raise ValueError("data.source='array_record' holds tokens, not text; documents are only "
                      "available for 'embedded', 'text' and 'jsonl'")
-  return _cap(_raw_documents(config, split), config.max_bytes)
+  return _documents(config, split)
+
+
+def _documents(config: ml_collections.ConfigDict, split: str) -> Iterator[str]:
+  """``iter_documents`` of a validated config and split."""
+  return documents.cap_bytes(_raw_documents(config, split), config.max_bytes)
 
 
 def _raw_documents(config: ml_collections.ConfigDict, split: str) -> Iterator[str]:
   if config.source == "embedded":
     want_validation = split == "validation"
     for relative, full in embedded_files():
-      if _in_validation(relative, config.validation_fraction) != want_validation:
+      if documents.in_validation(relative, config.validation_fraction) != want_validation:
         continue
       with open(full, "rb") as f:
         text = f.read().decode("utf-8", errors="replace")
@@ -270,13 +171,13 @@ def _raw_documents(config: ml_collections.ConfigDict, split: str) -> Iterator[st
         yield text
     return
   for path in _split_files(config, split):
-    text = _read_text(path)
+    text = documents.read_text(path)
     if config.source == "jsonl":
-      docs = _jsonl_documents(path, text, config.text_field)
+      docs = documents.jsonl_documents(path, text, config.text_field)
       if not docs:
         raise ValueError(f"{os.fspath(path)}: no non-empty {config.text_field!r} field")
     else:
-      docs = _text_documents(text, config.document_split)
+      docs = documents.text_documents(text, config.document_split)
     yield from docs
 
 
@@ -298,14 +199,14 @@ def training_texts(config: ml_collections.ConfigDict) -> Callable[[], Iterator[s
   if config.source == "array_record":
     raise ValueError("cannot train a bpe tokenizer on data.source='array_record'; use "
                      "tokenizer.kind='file' with the tokenizer the shards were prepared with")
-  return lambda: iter_documents(config, "train")
+  return lambda: _documents(config, "train")
 
 
 def build_tokenizer(config: ml_collections.ConfigDict,
                     workdir: str | None = None) -> tokenizer_lib.Tokenizer:
   """``tokenizer.build(config.tokenizer, workdir, training_texts(config))``."""
   validate_config(config)
-  texts = None if config.source == "array_record" else training_texts(config)
+  texts = None if config.source == "array_record" else (lambda: _documents(config, "train"))
   return tokenizer_lib.build(config.tokenizer, workdir, texts)
 
 
@@ -323,28 +224,6 @@ class _MemoryStream:
 
   def read(self, start: int, length: int) -> np.ndarray:
     return self.tokens[start:start + length]
-
-
-class _ArrayRecordStream:
-  """The token stream of a directory written by ``prepare``, read record by record."""
-
-  def __init__(self, directory: epath.Path, metadata: dict[str, Any]):
-    self.directory = directory
-    self.metadata = metadata
-    self.record_tokens = int(metadata["record_tokens"])
-    self.num_tokens = int(metadata["num_tokens"])
-    self.dtype = np.dtype(metadata["dtype"])
-    paths = [os.fspath(directory / name) for name in metadata["shards"]]
-    self._source = grain.sources.ArrayRecordDataSource(paths)
-
-  def __len__(self) -> int:
-    return self.num_tokens
-
-  def read(self, start: int, length: int) -> np.ndarray:
-    first, last = start // self.record_tokens, (start + length - 1) // self.record_tokens
-    records = [np.frombuffer(self._source[r], self.dtype) for r in range(first, last + 1)]
-    offset = start - first * self.record_tokens
-    return np.concatenate(records)[offset:offset + length]
 
 
 def _read_cyclic(stream: Any, start: int, length: int) -> np.ndarray:
@@ -372,40 +251,76 @@ def _stream_key(config: ml_collections.ConfigDict, tok: tokenizer_lib.Tokenizer,
     files = [_stat_key(p) for p in _split_files(config, split)]
   key = dict(source=config.source, split=split, files=files, text_field=config.text_field,
              document_split=config.document_split, max_bytes=config.max_bytes,
-             tokenizer=tok.fingerprint, format=_FORMAT)
+             tokenizer=tok.fingerprint, format=prepare_lib.TOKENS_FORMAT)
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
-_STREAMS: collections.OrderedDict[str, Any] = collections.OrderedDict()
-_MAX_CACHED_STREAMS = 4
+class StreamCache:
+  """In-memory token streams of text splits, keyed by their content; owned by the caller.
+
+  Pass one as ``streams=`` to ``load_tokens``, ``make_train_iterator``, ``make_eval_batches``
+  and ``unigram_entropy`` and each split is tokenized once while it lives (e.g. one per trainer,
+  shared by its resumes and branches). It keeps the ``max_streams`` most recently used ones.
+  The key covers the source, the files (path, size, mtime), the split, the document settings
+  and the tokenizer, so a changed file or tokenizer is tokenized again.
+  """
+
+  def __init__(self, max_streams: int = 4):
+    self.max_streams = _check_int("max_streams", max_streams, 1)
+    self._streams: collections.OrderedDict[str, _MemoryStream] = collections.OrderedDict()
+
+  def __len__(self) -> int:
+    return len(self._streams)
+
+  def get(self, key: str) -> _MemoryStream | None:
+    stream = self._streams.get(key)
+    if stream is not None:
+      self._streams.move_to_end(key)
+    return stream
+
+  def put(self, key: str, stream: _MemoryStream) -> None:
+    self._streams[key] = stream
+    self._streams.move_to_end(key)
+    while len(self._streams) > self.max_streams:
+      self._streams.popitem(last=False)
+
+  def clear(self) -> None:
+    self._streams.clear()
+
+
+def _check_streams(streams: StreamCache | None) -> None:
+  if streams is not None and not isinstance(streams, StreamCache):
+    raise ValueError(f"streams must be an anytime.lm.data.StreamCache or None, got "
+                     f"{type(streams).__name__}")
 
 
 def _load_stream(config: ml_collections.ConfigDict, tok: tokenizer_lib.Tokenizer,
-                 split: str) -> Any:
-  validate_config(config)
+                 split: str, streams: StreamCache | None) -> Any:
+  """The token stream of a split of a validated config."""
   _check_split(split)
+  _check_streams(streams)
   if not isinstance(tok, tokenizer_lib.Tokenizer):
     raise ValueError(f"tokenizer must be an anytime.lm.tokenizer.Tokenizer (from "
                      f"tokenizer.build), got {type(tok).__name__}")
   if config.source == "array_record":
-    stream = _open_prepared(_patterns(config, split), f"data.{split}_patterns", tok)
+    stream = prepare_lib.open_prepared(_patterns(config, split), f"data.{split}_patterns", tok)
     other = "validation" if split == "train" else "train"
-    other_stream = _open_prepared(_patterns(config, other), f"data.{other}_patterns", tok)
+    other_stream = prepare_lib.open_prepared(_patterns(config, other), f"data.{other}_patterns",
+                                             tok)
     if os.fspath(stream.directory) == os.fspath(other_stream.directory):
       raise ValueError(f"data.train_patterns and data.validation_patterns both name "
                        f"{os.fspath(stream.directory)!r}; train and validation must be disjoint")
     return stream
   key = _stream_key(config, tok, split)
-  if key in _STREAMS:
-    _STREAMS.move_to_end(key)
-    return _STREAMS[key]
+  if streams is not None and (found := streams.get(key)) is not None:
+    return found
   cache_file = epath.Path(config.cache_dir) / f"tokens-{split}-{key}.npy" if (
       config.cache_dir) else None
   if cache_file is not None and cache_file.exists():
     with cache_file.open("rb") as f:
       tokens = np.load(f, allow_pickle=False)
   else:
-    tokens = tok.encode_documents(list(iter_documents(config, split)))
+    tokens = tok.encode_documents(list(_documents(config, split)))
     if cache_file is not None:
       cache_file.parent.mkdir(parents=True, exist_ok=True)
       tmp = cache_file.parent / f"{cache_file.name}.tmp{os.getpid()}"
@@ -415,16 +330,16 @@ def _load_stream(config: ml_collections.ConfigDict, tok: tokenizer_lib.Tokenizer
   if len(tokens) == 0:
     raise ValueError(f"data {split} split of source={config.source!r} has no text")
   stream = _MemoryStream(tokens)
-  _STREAMS[key] = stream
-  while len(_STREAMS) > _MAX_CACHED_STREAMS:
-    _STREAMS.popitem(last=False)
+  if streams is not None:
+    streams.put(key, stream)
   return stream
 
 
 def load_tokens(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer,
-                split: str = "train") -> np.ndarray:
+                split: str = "train", *, streams: StreamCache | None = None) -> np.ndarray:
   """The whole token stream of a split (``doc EOS doc EOS ...``) as one array."""
-  stream = _load_stream(config, tokenizer, split)
+  validate_config(config)
+  stream = _load_stream(config, tokenizer, split, streams)
   return stream.read(0, len(stream))
 
 
@@ -464,13 +379,16 @@ def make_train_iterator(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    streams: StreamCache | None = None,
 ) -> grain.DataLoaderIterator:
   """Infinite grain iterator of ``{"inputs", "targets"}`` int32 ``[B_local, seq_len]`` batches.
 
   ``B_local = global_batch_size // process_count``; processes read disjoint windows. The order
   depends on ``(config.shuffle_seed, seed)`` only, with a new permutation every epoch. The
   iterator's ``get_state()/set_state()`` (or ``grain.checkpoint.CheckpointSave/Restore`` in an
-  Orbax ``CheckpointManager``) resume it exactly.
+  Orbax ``CheckpointManager``) resume it exactly. ``config.worker_count`` > 0 starts grain
+  worker processes, which read absl flags: call it under ``absl.app.run`` (as ``anytime.main``
+  does) or after ``absl.flags.FLAGS(sys.argv[:1])``. ``streams``: see ``StreamCache``.
   """
   validate_config(config)
   seq_len = _check_int("seq_len", seq_len, 1)
@@ -480,7 +398,13 @@ def make_train_iterator(
   if global_batch_size % process_count:
     raise ValueError(f"global_batch_size={global_batch_size} must be divisible by "
                      f"process_count={process_count}")
-  stream = _load_stream(config, tokenizer, "train")
+  if config.worker_count:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      raise ValueError(f"data.worker_count={config.worker_count} starts grain worker processes, "
+                       "which need absl flags parsed: run under absl.app.run, call "
+                       "absl.flags.FLAGS(sys.argv[:1]) first, or set data.worker_count=0")
+  stream = _load_stream(config, tokenizer, "train", streams)
   if len(stream) < seq_len + 1:
     raise ValueError(f"the train split has {len(stream)} tokens, fewer than seq_len+1="
                      f"{seq_len + 1}; lower seq_len or give more data")
@@ -493,10 +417,6 @@ def make_train_iterator(
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard_options, shuffle=True, num_epochs=None,
       seed=_combined_seed(config.shuffle_seed, seed))
-  if config.worker_count:
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    if not flags.FLAGS.is_parsed():  # grain workers read absl flags; defaults outside absl.app
-      flags.FLAGS.mark_as_parsed()
   threads = 1 if isinstance(stream, _MemoryStream) else 8
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
@@ -516,6 +436,7 @@ def make_eval_batches(
     num_batches: int,
     process_index: int = 0,
     process_count: int = 1,
+    streams: StreamCache | None = None,
 ) -> list[dict[str, np.ndarray]]:
   """A fixed list of validation batches ``{"inputs", "targets", "weights"}`` (local share).
 
@@ -524,6 +445,7 @@ def make_eval_batches(
   Windows are taken in a fixed pseudo-random order (independent of any seed), so the first
   ``num_batches`` cover the whole split evenly; ``num_batches=0`` (or more than exist) gives all.
   ``batch_size`` is global; process ``p`` gets rows ``[p*B/P, (p+1)*B/P)`` of every batch.
+  ``streams``: see ``StreamCache``.
   """
   validate_config(config)
   seq_len = _check_int("seq_len", seq_len, 1)
@@ -533,7 +455,7 @@ def make_eval_batches(
   if batch_size % process_count:
     raise ValueError(f"batch_size={batch_size} must be divisible by process_count="
                      f"{process_count}")
-  stream = _load_stream(config, tokenizer, "validation")
+  stream = _load_stream(config, tokenizer, "validation", streams)
   window = seq_len + 1
   num_windows = math.ceil(len(stream) / window)
   available = math.ceil(num_windows / batch_size)
@@ -555,14 +477,16 @@ def make_eval_batches(
 
 
 def unigram_entropy(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer,
-                    split: str = "validation", max_tokens: int = 0) -> float:
+                    split: str = "validation", max_tokens: int = 0, *,
+                    streams: StreamCache | None = None) -> float:
   """Entropy (nats/token) of the split's unigram token distribution, EOS included.
 
   A model that only learned token frequencies reaches this loss; anything that uses context
   goes below it. ``max_tokens`` > 0 uses only the stream's first that many tokens.
   """
+  validate_config(config)
   _check_int("max_tokens", max_tokens, 0)
-  stream = _load_stream(config, tokenizer, split)
+  stream = _load_stream(config, tokenizer, split, streams)
   n = len(stream) if not max_tokens else min(max_tokens, len(stream))
   counts = np.zeros(tokenizer.vocab_size, np.int64)
   for start in range(0, n, 1 << 22):
@@ -570,143 +494,3 @@ def unigram_entropy(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.
     counts += np.bincount(chunk, minlength=tokenizer.vocab_size)[:tokenizer.vocab_size]
   p = counts[counts > 0] / counts.sum()
   return float(-(p * np.log(p)).sum())
-
-
-# --------------------------------------------------------------------------- prepare (ArrayRecord)
-
-
-def _open_prepared(patterns: Sequence[str], field: str,
-                   tok: tokenizer_lib.Tokenizer) -> _ArrayRecordStream:
-  dirs = []
-  for pattern in patterns:
-    path = epath.Path(pattern)
-    if not any(c in pattern for c in "*?["):
-      if not path.exists():
-        raise FileNotFoundError(f"{field}: {pattern!r} does not exist")
-      dirs.append(path if path.is_dir() else path.parent)
-    else:
-      dirs.extend(p if p.is_dir() else p.parent for p in expand_patterns([pattern], field))
-  dirs = sorted({os.fspath(d): d for d in dirs}.values(), key=os.fspath)
-  if len(dirs) != 1:
-    raise ValueError(f"{field} must name exactly one directory written by `prepare`, got "
-                     f"{[os.fspath(d) for d in dirs]}")
-  meta_path = dirs[0] / METADATA_FILE
-  if not meta_path.exists():
-    raise FileNotFoundError(f"{field}: {os.fspath(meta_path)} does not exist; write the "
-                            "directory with `python -m anytime.lm.data prepare`")
-  meta = json.loads(meta_path.read_text())
-  if meta.get("format") != _FORMAT:
-    raise ValueError(f"{os.fspath(meta_path)}: format {meta.get('format')!r}, want {_FORMAT!r}")
-  if meta["tokenizer"] != tok.fingerprint or meta["vocab_size"] != tok.vocab_size:
-    raise ValueError(f"{os.fspath(dirs[0])} was prepared with tokenizer {meta['tokenizer']} "
-                     f"(vocab {meta['vocab_size']}), but data.tokenizer gives {tok!r}")
-  if meta["num_tokens"] < 1:
-    raise ValueError(f"{os.fspath(dirs[0])} holds no tokens")
-  return _ArrayRecordStream(dirs[0], meta)
-
-
-def prepare(
-    input_patterns: Sequence[str],
-    tokenizer: tokenizer_lib.Tokenizer,
-    output_dir: str,
-    *,
-    source: str = "text",
-    text_field: str = "text",
-    document_split: str = "blank_lines",
-    record_tokens: int = 4096,
-    shard_size: int = 16384,
-) -> dict[str, Any]:
-  """Tokenizes files into ArrayRecord shards under ``output_dir``; returns the metadata.
-
-  The stream ``doc EOS doc EOS ...`` is stored in records of ``record_tokens`` tokens (the last
-  may be shorter), ``shard_size`` records per shard, one file at a time (bounded memory).
-  ``metadata.json`` is written last and marks a complete directory.
-  """
-  from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
-  if source not in ("text", "jsonl"):
-    raise ValueError(f"source must be 'text' or 'jsonl', got {source!r}")
-  if document_split not in DOCUMENT_SPLITS:
-    raise ValueError(f"document_split must be one of {DOCUMENT_SPLITS}, got {document_split!r}")
-  record_tokens = _check_int("record_tokens", record_tokens, 1)
-  shard_size = _check_int("shard_size", shard_size, 1)
-  files = expand_patterns(list(input_patterns), "--input")
-  out = epath.Path(output_dir)
-  if (out / METADATA_FILE).exists():
-    raise ValueError(f"--output {output_dir!r} already holds prepared data; pick a new one")
-  out.mkdir(parents=True, exist_ok=True)
-  dtype = tokenizer_lib.token_dtype(tokenizer.vocab_size)
-  shards: list[str] = []
-  writer, in_shard, num_records, num_tokens = None, 0, 0, 0
-  buffer = np.zeros((0,), dtype)
-
-  def write(record: np.ndarray) -> None:
-    nonlocal writer, in_shard, num_records
-    if writer is None or in_shard == shard_size:
-      if writer is not None:
-        writer.close()
-      shards.append(f"tokens-{len(shards):05d}.array_record")
-      writer = ArrayRecordWriter(os.fspath(out / shards[-1]), "group_size:1")
-      in_shard = 0
-    writer.write(record.tobytes())
-    in_shard += 1
-    num_records += 1
-
-  for path in files:
-    text = _read_text(path)
-    docs = (_jsonl_documents(path, text, text_field) if source == "jsonl"
-            else _text_documents(text, document_split))
-    tokens = tokenizer.encode_documents(docs).astype(dtype)
-    num_tokens += len(tokens)
-    buffer = np.concatenate([buffer, tokens])
-    full = len(buffer) // record_tokens
-    for r in range(full):
-      write(buffer[r * record_tokens:(r + 1) * record_tokens])
-    buffer = buffer[full * record_tokens:]
-  if len(buffer):
-    write(buffer)
-  if writer is not None:
-    writer.close()
-  metadata = dict(format=_FORMAT, dtype=dtype.name, record_tokens=record_tokens,
-                  num_tokens=num_tokens, num_records=num_records, shards=shards,
-                  vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
-                  tokenizer=tokenizer.fingerprint, inputs=[os.fspath(f) for f in files])
-  (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-  return metadata
-
-
-def _tokenizer_from_flag(value: str) -> tokenizer_lib.Tokenizer:
-  if value == "byte":
-    return tokenizer_lib.ByteTokenizer()
-  return tokenizer_lib.load_file(value)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  """``python -m anytime.lm.data prepare --input GLOB --tokenizer T --output DIR``."""
-  parser = argparse.ArgumentParser(prog="python -m anytime.lm.data")
-  sub = parser.add_subparsers(dest="command", required=True)
-  p = sub.add_parser("prepare", help="tokenize text/jsonl files into ArrayRecord shards")
-  p.add_argument("--input", action="append", required=True, help="file or glob; repeatable")
-  p.add_argument("--tokenizer", required=True,
-                 help="'byte', a tokenizer.json or a sentencepiece .model")
-  p.add_argument("--output", required=True, help="new directory for shards + metadata.json")
-  p.add_argument("--source", default="auto", choices=("auto", "text", "jsonl"),
-                 help="auto: jsonl if the inputs end in .jsonl/.json(.gz), else text")
-  p.add_argument("--text_field", default="text")
-  p.add_argument("--document_split", default="blank_lines", choices=DOCUMENT_SPLITS)
-  p.add_argument("--record_tokens", type=int, default=4096)
-  p.add_argument("--shard_size", type=int, default=16384, help="records per shard")
-  args = parser.parse_args(argv)
-  source = args.source
-  if source == "auto":
-    json_like = all(re.search(r"\.jsonl?(\.gz)?$", pattern) for pattern in args.input)
-    source = "jsonl" if json_like else "text"
-  metadata = prepare(args.input, _tokenizer_from_flag(args.tokenizer), args.output,
-                     source=source, text_field=args.text_field,
-                     document_split=args.document_split, record_tokens=args.record_tokens,
-                     shard_size=args.shard_size)
-  print(f"wrote {metadata['num_tokens']} tokens in {metadata['num_records']} records, "
-        f"{len(metadata['shards'])} shard(s) to {args.output}")
-
-
-if __name__ == "__main__":
-  main()

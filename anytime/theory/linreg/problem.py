@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from anytime import averaging
 from anytime import schedules as schedules_lib
 from anytime.theory._checks import at_least, integer
 
@@ -151,38 +152,44 @@ def schedule_shape(schedule: Callable[[Any], Any], num_steps: int) -> np.ndarray
   return values
 
 
-def averaging_weights(kind: str, num_steps: int, *, ema_decay: float = 0.999,
-                      half_life_factor: float = 25.0, gamma: float = 7.0,
-                      start: int = 1) -> np.ndarray:
+def averaging_weights(kind: str | averaging.Average, num_steps: int, *,
+                      ema_decay: float = 0.999, half_life_factor: float = 25.0,
+                      gamma: float = 7.0, start: int = 1) -> np.ndarray:
   """Average weights rho_t of w_bar_t = (1-rho_t) w_bar_{t-1} + rho_t w_t, t = 1..num_steps.
 
-  The kinds of ``anytime.averaging`` (rho_1 = 1 for all: the average starts at w_1):
-  ``uniform`` 1/t (Polyak-Ruppert); ``ema`` 1 - ema_decay; ``anytime_ema`` 1 - 2^(-f/(t+1)),
-  half-life ~ t/f (Meterez et al. 2026, EMA-25 is f = 25); ``power_ema`` 1 - (1 - 1/t)^(gamma+1),
-  w_bar_t ~ sum_s s^gamma w_s (Karras et al. 2024); ``tail`` the uniform average of steps >=
-  ``start`` (Polyak from s; before it the last iterate); ``none`` the last iterate (rho = 1).
+  The rates of an ``anytime.averaging`` kind (``Average.rates``), with rho_1 = 1: the average
+  starts at w_1. ``kind`` is an ``averaging.Average`` with a one-rate recursion, or a name:
+  ``uniform`` = ``polyak()`` (1/t); ``ema`` = ``ema(ema_decay, debias=False)``;
+  ``anytime_ema`` = ``anytime_ema(half_life_factor)`` (half-life ~ t/f, Meterez et al. 2026);
+  ``power_ema`` = ``power_ema(gamma)`` (w_bar_t ~ sum_s s^gamma w_s, Karras et al. 2024);
+  ``tail`` = ``polyak(start_step=start - 1)``, the uniform average of steps >= ``start`` (before
+  it the last iterate); ``none`` the last iterate (rho = 1).
   """
   num_steps = integer("num_steps", num_steps, 1)
-  t = np.arange(1, num_steps + 1, dtype=np.float64)
-  if kind == "uniform":
-    rho = 1.0 / t
+  if isinstance(kind, averaging.Average):
+    average = kind
+  elif kind == "none":
+    return np.ones(num_steps)
+  elif kind == "uniform":
+    average = averaging.polyak()
   elif kind == "ema":
     if not 0.0 <= ema_decay < 1.0:
       raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
-    rho = np.full(num_steps, 1.0 - ema_decay)
+    average = averaging.ema(ema_decay, debias=False)
   elif kind == "anytime_ema":
-    half_life_factor = at_least("half_life_factor", half_life_factor, 0.0, strict=True)
-    rho = -np.expm1(-math.log(2.0) * half_life_factor / (t + 1.0))
+    average = averaging.anytime_ema(at_least("half_life_factor", half_life_factor, 0.0,
+                                             strict=True))
   elif kind == "power_ema":
-    gamma = at_least("gamma", gamma, 0.0, strict=False)
-    rho = -np.expm1((gamma + 1.0) * np.log1p(-1.0 / np.maximum(t, 2.0)))
+    average = averaging.power_ema(at_least("gamma", gamma, 0.0, strict=False))
   elif kind == "tail":
-    start = integer("start", start, 1)
-    rho = np.where(t < start, 1.0, 1.0 / np.maximum(t - start + 1, 1.0))
-  elif kind == "none":
-    rho = np.ones(num_steps)
+    average = averaging.polyak(start_step=integer("start", start, 1) - 1)
   else:
-    raise ValueError(f"averaging kind must be one of {AVERAGING_KINDS}, got {kind!r}")
+    raise ValueError(f"averaging kind must be one of {AVERAGING_KINDS} or an "
+                     f"anytime.averaging.Average, got {kind!r}")
+  try:
+    rho = average.rates(num_steps)
+  except NotImplementedError as e:
+    raise ValueError(f"averaging kind {average.kind!r} is not one recursion with rates rho_t; "
+                     "use ema, anytime_ema, power_ema or polyak") from e
   rho[0] = 1.0
   return rho
-
