@@ -131,7 +131,7 @@ class _Member:
         schedules.from_config(schedule_config), 0, spec.end_step + 1)
     self.iterator = data_lib.make_train_iterator(
         spec.config.data, template.tokenizer, seq_len=t.seq_len, global_batch_size=t.batch_size,
-        seed=spec.config.seed)
+        seed=spec.config.seed, streams=template.streams)
     self.store = checkpoint.CheckpointStore(
         spec.directory, keep_latest=t.keep_checkpoints, keep_period=t.keep_period,
         keep_steps=sorted(spec.keep_steps), async_save=t.async_checkpoints)

@@ -78,6 +78,8 @@ class Run:
   init_fn: Callable[[jax.Array], TrainState]  # seed -> state
   step_fn: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]  # (state, batch, lr)
   eval_fn: Callable[[Any, dict], tuple[jax.Array, jax.Array]]  # -> (loss sum, token count)
+  # Tokenized splits, kept for every iterator this run makes (resume, branches, batched runs).
+  streams: data_lib.StreamCache = dataclasses.field(default_factory=data_lib.StreamCache)
   _learning_rates: np.ndarray = dataclasses.field(
       default_factory=lambda: np.zeros([0], np.float32))
 
@@ -99,7 +101,7 @@ class Run:
     return data_lib.make_train_iterator(
         self.config.data, self.tokenizer, seq_len=t.seq_len, global_batch_size=t.batch_size,
         seed=self.config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), streams=self.streams)
 
   def validation_loss(self, params) -> float:
     """Mean validation loss (nats/token) of one set of params."""
@@ -198,10 +200,11 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
 
   eval_step_jit = jax.jit(eval_step)
   eval_batch_size = t.eval_batch_size or t.batch_size
+  streams = data_lib.StreamCache()
   local_eval = data_lib.make_eval_batches(
       config.data, tokenizer, seq_len=t.seq_len, batch_size=eval_batch_size,
       num_batches=t.eval_batches, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(), streams=streams)
   eval_batches = [parallel.global_batch(b, mesh, rules) for b in local_eval]
 
   def sharded_train_step(state, local_batch, lr):
@@ -210,7 +213,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   return Run(config=config, mesh=mesh, rules=rules, tokenizer=tokenizer,
              model_config=model_config, schedule=schedule,
              abstract_state=abstract_state, state_shardings=state_shardings,
-             init_state=lambda: init_jit(seed), train_step=sharded_train_step,
+             init_state=lambda: init_jit(seed), train_step=sharded_train_step, streams=streams,
              eval_step=eval_step_jit, eval_batches=eval_batches,
              flops_per_token=model_lib.flops_per_token(model_config, t.seq_len),
              init_fn=init_fn, step_fn=train_step, eval_fn=eval_step)

@@ -129,9 +129,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for variant in s.wsd_variants:
     if len(variant) != 2:
       raise ValueError(f"suite.wsd_variants entries are [shape, final_fraction], got {variant}")
-  if (config.base.parallel.num_devices or jax.device_count()) != 1:
-    raise ValueError("base.parallel.num_devices must be 1 in a suite (runs are batched on "
-                     "one device)")
   config_lib.validate_config(config.base)
 
 
@@ -265,9 +262,24 @@ class _Clock:
 
 def train_all(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict,
               workdir: epath.Path, label: str) -> None:
-  """Trains every planned run not finished yet, batched; branches after their main runs."""
+  """Trains every planned run not finished yet; branches after their main runs.
+
+  One-device runs (``base.parallel.num_devices == 1``) train as batched groups; larger ones one
+  after the other, each sharded over its whole mesh (``branches.train`` / ``branches.branch``).
+  """
   todo = [p for p in planned if not batched.finished(p.spec)]
   if not todo:
+    return
+  if config.base.parallel.num_devices != 1:
+    for i, p in enumerate(sorted(todo, key=lambda p: p.spec.start is not None)):
+      print(f"[suite] {label} {i + 1}/{len(todo)}: {p.spec.name}", flush=True)
+      if p.spec.start is None:
+        branches.train(p.spec.config, str(p.spec.directory.parent))
+      else:
+        decay = p.spec.schedule["decay"]
+        branches.branch(str(p.spec.directory.parent.parent), from_step=decay["branch_step"],
+                        cooldown_steps=decay["cooldown_steps"], shape=decay["shape"],
+                        final_fraction=decay["final_fraction"], name=p.spec.directory.name)
     return
   groups = batched.group_runs([p.spec for p in todo], config.suite.max_batch_runs)
   groups.sort(key=lambda g: g[0].start is not None)  # main runs before the branches of them
