@@ -116,7 +116,9 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+@jax.jit
 def _take(tree, i):
+  """Run ``i`` of a stacked tree (one compiled program per tree structure, any ``i``)."""
   return jax.tree.map(lambda x: x[i], tree)
 
 
@@ -239,8 +241,12 @@ def _train(members: list[_Member], template: loop.Run,
   step_fn = parallel.jit_over_copies(template.step_fn, donate_argnums=0, **placed)
   eval_fn = parallel.jit_over_copies(template.eval_fn, in_axes=(0, None))
   # Each run's raw params and averages (and Schedule-Free's point), stacked like the states.
+  # The post-hoc tracking EMAs are read from their snapshots, not evaluated along the way.
+  tracking = set(config_lib.posthoc_tracking(members[0].spec.config))
   candidates_fn = parallel.jit_over_copies(
-      lambda state: averaging.eval_params(state.opt_state, state.params), **placed)
+      lambda state: {name: params for name, params in
+                     averaging.eval_params(state.opt_state, state.params).items()
+                     if name not in tracking}, **placed)
   tokens_per_step = t.batch_size * t.seq_len
   eval_steps = frozenset().union(*(m.spec.eval_steps for m in members))
   save_steps = frozenset().union(*(m.spec.keep_steps for m in members))

@@ -8,8 +8,8 @@ James Bible and Milton (../shared/data/text: 9.0M training bytes; validation = 4
 plays and 6 held-back books). Base horizon T = 1360 steps of 16 x 64 tokens = 1.39M tokens =
 20.4 tokens per non-embedding parameter (1x Chinchilla); horizons 1x, 2x, 4x (under one epoch).
 The same tuning protocol as the quickstart (√2-spaced LR grid extended at its edges; baselines
-per horizon, anytime methods with one LR; 3 seeds). Evaluation: 32 batches of 64 windows (131k
-validation tokens). Expect about an hour on an idle 2-core CPU; the README has the measured
+per horizon, anytime methods with one LR; 3 seeds). Evaluation: 16 batches of 128 windows
+(131k validation tokens). Expect about an hour on an idle 2-core CPU; the README has the measured
 table and time.
 """
 
@@ -31,8 +31,8 @@ def get_config():
   base.data.validation_patterns = ("../shared/data/text/validation/*.txt.gz",)
   base.train.batch_size = 16
   base.train.seq_len = 64
-  base.train.eval_batches = 32
-  base.train.eval_batch_size = 64
+  base.train.eval_batches = 16
+  base.train.eval_batch_size = 128
   base.train.log_every = 680
   base.parallel.mesh = dict(data=1, fsdp=1, tensor=1)
   base.parallel.num_devices = 1
@@ -45,4 +45,6 @@ def get_config():
   suite.seeds = 3
   suite.inverse_sqrt_offset = 272.0  # 4x the warmup, as in the seed paper
   suite.lawa_every = 136
+  suite.ema_factors = [25.0]
+  suite.evals_per_base = 1
   return ml_collections.ConfigDict(dict(base=base, suite=suite))

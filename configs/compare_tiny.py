@@ -27,8 +27,8 @@ def get_config():
   base.model.max_len = 64
   base.train.batch_size = 16
   base.train.seq_len = 64
-  base.train.eval_batches = 16
-  base.train.eval_batch_size = 64
+  base.train.eval_batches = 8  # 1,024 windows, 65k tokens: eval sampling error well below seed noise
+  base.train.eval_batch_size = 128
   base.train.log_every = 100
   base.parallel.mesh = dict(data=1, fsdp=1, tensor=1)
   base.parallel.num_devices = 1
@@ -40,4 +40,8 @@ def get_config():
   suite.lr_points = 3
   suite.seeds = 3
   suite.inverse_sqrt_offset = 40.0
+  suite.ema_factors = [25.0]
+  suite.evals_per_base = 1
+  suite.checkpoints_per_base = 4  # every 25 steps: branch points and the last-4 merges
+  suite.snapshots_per_base = 5  # post-hoc snapshots every 20 steps
   return ml_collections.ConfigDict(dict(base=base, suite=suite))
