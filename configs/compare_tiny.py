@@ -3,9 +3,11 @@
     python -m anytime.main compare --config configs/compare_tiny.py --workdir /tmp/anytime_compare
 
 A 2-layer d=64 byte-level transformer on Python's own stdlib sources (no download), base
-horizon T = 100 steps of 16 x 64 tokens, horizons 1x/2x/4x/8x (100-800 steps). Baselines
+horizon T = 100 steps of 16 x 64 tokens, horizons 1x/2x/4x (100-400 steps; 0.04-0.18x
+Chinchilla for its 116k non-embedding parameters). Baselines
 (cosine to 10% and linear decay to zero) are tuned per horizon, the anytime methods (constant LR
-with EMAs, LAWA, post-hoc EMAs, checkpoint merges and WSD branches; 1/sqrt(t); WSD-S;
+with EMA-25, LAWA, post-hoc EMAs, checkpoint merges and WSD branches 1-sqrt to 0 and linear to
+10%; 1/sqrt(t); WSD-S;
 Schedule-Free) with one LR for all horizons, all on the same sqrt(2)-spaced LR grid, extended
 where an optimum sits on an edge; the chosen configurations are re-run with 3 seeds. Prints the
 table (mean ± s.e., deltas with their s.e., ties) and writes report/. Expect roughly 15-30
@@ -34,13 +36,14 @@ def get_config():
   base.parallel.num_devices = 1
   suite = compare.default_suite()
   suite.base_steps = 100
-  suite.multipliers = [1, 2, 4, 8]
+  suite.multipliers = [1, 2, 4]
   suite.warmup_steps = 10
   suite.lr_centre = 4.24e-3
   suite.lr_points = 3
   suite.seeds = 3
   suite.inverse_sqrt_offset = 40.0
   suite.ema_factors = [25.0]
+  suite.wsd_variants = [["1-sqrt", 0.0], ["linear", 0.1]]  # the default has all four
   suite.evals_per_base = 1
   suite.checkpoints_per_base = 4  # every 25 steps: branch points and the last-4 merges
   suite.snapshots_per_base = 5  # post-hoc snapshots every 20 steps

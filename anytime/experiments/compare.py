@@ -25,6 +25,7 @@ structure) and a length train as one vmapped program. Every run keeps its own di
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -483,8 +484,28 @@ def _tune_and_rerun(config: ml_collections.ConfigDict, workdir: epath.Path) -> N
   timing = checkpoint.read_json(workdir / "timing.json") or {"seconds": 0.0}
   timing["seconds"] += time.perf_counter() - started
   checkpoint.write_json(workdir / "timing.json", timing)
-  checkpoint.write_json(workdir / "records.json", dict(records=[
-      r._asdict() for r in records_of(planned, config)]))
+  checkpoint.write_json(workdir / "records.json", dict(
+      records=[r._asdict() for r in records_of(planned, config)],
+      window_losses=_window_losses(planned)))
+
+
+def _window_losses(planned: Sequence[PlannedRun]) -> dict[str, list[float]]:
+  """Per-window mean validation losses of one finished run's last checkpoint: the evaluation
+  set's own sampling error (their standard error) next to the seed noise in the report."""
+  run = next((p for p in planned if p.spec.start is None and batched.finished(p.spec)), None)
+  if run is None:
+    return {}
+  trained = loop.build_run(run.spec.config, run.spec.directory.parent)
+  store = checkpoint.CheckpointStore(run.spec.directory, read_only=True)
+  state = store.restore(store.latest_step(), trained.abstract_state)
+  store.close()
+  losses = []
+  for batch in trained.eval_batches:
+    for i in range(batch["inputs"].shape[0]):
+      total, count = trained.eval_step(state.params, {k: v[i:i + 1] for k, v in batch.items()})
+      if float(count):
+        losses.append(float(total) / float(count))
+  return {str(run.spec.end_step): losses}
 
 
 def _initial_grids(s: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
@@ -522,7 +543,9 @@ def write_report(workdir: str) -> verdict.Report:
   config.base.update(ml_collections.ConfigDict(manifest["base"]))
   config.suite.update(manifest["suite"])
   records = [tuning.Record(**r) for r in stored["records"]]
-  report = verdict.build_report(records, _facts(config, workdir),
+  facts = dataclasses.replace(_facts(config, workdir), window_losses={
+      int(h): v for h, v in stored.get("window_losses", {}).items() if len(v) > 1})
+  report = verdict.build_report(records, facts,
                                 families=tuple(config.suite.baselines),
                                 per_horizon_methods=BASELINES)
   if jax.process_index() == 0:
