@@ -1,12 +1,11 @@
-"""Decay branches, WSD-S and the comparison suite on CPU: exact invariants on tiny runs.
+"""Decay branches and WSD-S on CPU: exact invariants on tiny runs.
 
 A branch starts from exactly the main state at its branch step and continues the main schedule;
-the main branch is unchanged by branching; WSD-S adopts the decayed state; the suite skips
-finished runs, resumes an interrupted one and reports exactly what its metrics hold.
+the main branch is unchanged by branching; WSD-S adopts the decayed state. (The comparison
+suite, which trains its branches with ``anytime.batched``, is tested in tests/test_suite.py.)
 """
 
 import copy
-import csv
 import json
 import os
 import shutil
@@ -15,12 +14,10 @@ import sys
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from anytime import branches, checkpoint, loop, schedules
-from anytime.experiments import compare
 
 import _tiny
 
@@ -37,22 +34,24 @@ def tiny_config(**overrides):
                               "parallel.num_devices": 1, **overrides})
 
 
-def suite_config():
-  suite = compare.default_suite()
-  suite.base_steps = 8
-  suite.multipliers = [1, 2]
-  suite.warmup_steps = 2
-  suite.cosine_peak_values = [3e-3, 1e-2]
-  suite.methods = ["cosine", "constant", "schedule_free_adamw"]
-  suite.peak_values = [PEAK]
-  suite.schedule_free_peak_values = [PEAK]
-  suite.ema_factors = [6.25, 25.0]
-  suite.posthoc_sigma_rels = []  # no post-hoc column (its own tests cover it)
-  return ml_collections.ConfigDict(dict(base=tiny_config(), suite=suite))
+def branching_config():
+  """A 16-step constant-LR run with anytime EMAs, a LAWA window and planned linear WSD branches
+  (to 10%) ending at 8 and 16: the horizon-free run of a 2-horizon comparison."""
+  config = tiny_config(**{"train.total_steps": 16, "train.eval_every": 4,
+                          "train.eval_at": [8, 16], "train.checkpoint_every": 4})
+  config.unlock()
+  config.optimizer.schedule = dict(name="constant", peak_value=PEAK, warmup_steps=2,
+                                   warmup_init_fraction=0.1)
+  config.optimizer.averages = {
+      "ema_6p25": dict(kind="anytime_ema", factor=6.25),
+      "ema_25": dict(kind="anytime_ema", factor=25.0),
+      "lawa": dict(kind="window", every=1, size=10)}
+  config.branches.update(dict(budgets=[8, 16], cooldown_fraction=0.2, shape="linear",
+                              final_fraction=0.1))
+  config.lock()
+  return config
 
 
-SUITE_RUNS = ["cosine_8_lr3e-3", "cosine_8_lr1e-2", "cosine_16_lr3e-3", "cosine_16_lr1e-2",
-              "constant_lr3e-3", "schedule_free_lr3e-3"]
 # The constant run's planned WSD branches: budgets 8 and 16, a fifth of each as cooldown.
 PLANNED = {"linear_8": (6, 2), "linear_16": (13, 3)}  # name -> (branch step S, cooldown K)
 
@@ -118,21 +117,12 @@ def compilation_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-  """A tiny comparison suite, run once for the module."""
-  workdir = tmp_path_factory.mktemp("suite")
-  config = suite_config()
-  assert [r["name"] for r in compare.plan(config)] == SUITE_RUNS
-  compare.run_suite(config, str(workdir))
+def planned(tmp_path_factory):
+  """The constant-LR main run (16 steps), which took its WSD branches in the loop."""
+  config = branching_config()
+  workdir = tmp_path_factory.mktemp("planned")
+  branches.train(config, str(workdir))
   return workdir, config
-
-
-@pytest.fixture(scope="module")
-def planned(suite):
-  """The suite's constant-LR main run (16 steps), which took its WSD branches in the loop."""
-  workdir, config = suite
-  run_config = {r["name"]: r["config"] for r in compare.plan(config)}["constant_lr3e-3"]
-  return workdir / "runs" / "constant_lr3e-3", run_config
 
 
 @pytest.fixture(scope="module")
@@ -327,147 +317,3 @@ def test_branch_command_line(plain, tmp_path, compilation_cache):
   assert printed == str({k: round(v, 4) for k, v in last_eval.items()
                          if k != "step" and isinstance(v, float)})
   assert file_bytes(main) == before
-
-
-# ---------------------------------------------------------------------------- the suite
-
-
-def count_training(monkeypatch):
-  calls = []
-  real = branches.train
-
-  def counting(config, workdir):
-    calls.append(Path(workdir).name)
-    return real(config, workdir)
-
-  monkeypatch.setattr(branches, "train", counting)
-  return calls
-
-
-def metric_files(workdir):
-  return {str(p.relative_to(workdir)): (p.stat().st_mtime_ns, p.read_bytes())
-          for p in sorted(Path(workdir).glob("runs/**/metrics.jsonl"))}
-
-
-def test_suite_rerun_skips_finished_runs(suite, monkeypatch, tmp_path):
-  source, config = suite
-  workdir = copy_workdir(source, tmp_path / "w")
-  before = metric_files(workdir)
-  assert len(before) == len(SUITE_RUNS) + 2  # the constant run's two WSD branches
-  table = (workdir / "report" / "table.json").read_text()
-  calls = count_training(monkeypatch)
-  compare.run_suite(config, str(workdir))
-  assert calls == []
-  assert metric_files(workdir) == before
-  assert (workdir / "report" / "table.json").read_text() == table
-
-
-def test_suite_resumes_an_interrupted_run(suite, monkeypatch, tmp_path):
-  source, config = suite
-  workdir = copy_workdir(source, tmp_path / "w")
-  run_dir = workdir / "runs" / "constant_lr3e-3"
-  main = checkpoint.main_dir(run_dir)
-  run_config = {r["name"]: r["config"] for r in compare.plan(config)}["constant_lr3e-3"]
-  assert [p.branch_step for p in branches.planned_branches(run_config)] == [6, 13]
-  store = checkpoint.CheckpointStore(main, read_only=True)
-  assert {13, 16} <= set(store.all_steps())
-  store.close()
-  want_state = restore(main, 16, run_config)
-  want_main = without_timing(loop.read_metrics(main))
-  branch = checkpoint.branch_dir(run_dir, "linear_16")
-  want_branch = without_timing(loop.read_metrics(branch))
-  want_branch_state = restore(branch, 16, run_config)
-  table = json.loads((workdir / "report" / "table.json").read_text())
-  # Killed while its last WSD branch (13 -> 16) ran, after the branch saved its checkpoint at
-  # 16 and before it was marked finished: main's newest checkpoint is the branch point, the
-  # branch is unfinished with a stale checkpoint and part of its metrics.
-  shutil.rmtree(main / "16")
-  kept = [r for r in loop.read_metrics(main) if r["step"] <= 13]
-  (main / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-  lineage = json.loads((branch / branches.LINEAGE).read_text())
-  (branch / branches.LINEAGE).write_text(json.dumps({**lineage, "finished": False}))
-  assert checkpoint.CheckpointStore(branch, read_only=True).all_steps() == [16]
-  partial = [r for r in loop.read_metrics(branch) if r["step"] <= 14]
-  (branch / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in partial))
-
-  calls = count_training(monkeypatch)
-  compare.run_suite(config, str(workdir))
-  assert calls == ["constant_lr3e-3"]
-  assert_trees_equal(restore(main, 16, run_config), want_state)
-  assert without_timing(loop.read_metrics(main)) == want_main
-  assert branches.branch_finished(run_dir, "linear_16")
-  assert without_timing(loop.read_metrics(branch)) == want_branch
-  assert_trees_equal(restore(branch, 16, run_config), want_branch_state)
-  assert json.loads((workdir / "report" / "table.json").read_text()) == table
-
-
-def evals_of(directory):
-  return {r["step"]: r for r in loop.read_metrics(directory)
-          if any(k.startswith("eval_loss/") for k in r)}
-
-
-def test_report_table_matches_stored_metrics(suite):
-  workdir, config = suite
-  runs = workdir / "runs"
-  main = lambda name: evals_of(checkpoint.main_dir(runs / name))
-  rows = []
-  for horizon in (8, 16):
-    cosine = {lr: main(f"cosine_{horizon}_lr{tag}")[horizon]["eval_loss/raw"]
-              for lr, tag in ((3e-3, "3e-3"), (1e-2, "1e-2"))}
-    envelope = min(cosine.values())
-    constant = main("constant_lr3e-3")[horizon]
-    wsd = evals_of(checkpoint.branch_dir(runs / "constant_lr3e-3", f"linear_{horizon}"))
-    values = {
-        "cosine": envelope,
-        "constant+ema_25": constant["eval_loss/ema_25"],
-        "constant+ema_best": min(constant["eval_loss/ema_6p25"], constant["eval_loss/ema_25"]),
-        "constant (raw)": constant["eval_loss/raw"],
-        "lawa": constant["eval_loss/lawa"],
-        "wsd": wsd[horizon]["eval_loss/raw"],
-        "schedule_free": main("schedule_free_lr3e-3")[horizon]["eval_loss/schedule_free"],
-    }
-    row = dict(horizon=f"{horizon // 8}x", steps=horizon, tokens=horizon * 8 * 32)
-    for name, value in values.items():
-      row[name] = round(value, 4)
-      if name != "cosine":
-        row[f"{name} - cosine"] = round(value - envelope, 4)
-    rows.append(row)
-    assert cosine[{v: k for k, v in cosine.items()}[envelope]] == envelope
-  table = json.loads((workdir / "report" / "table.json").read_text())
-  assert table["rows"] == rows
-  assert table["chosen_lr"] == {"constant": 3e-3, "schedule_free": 3e-3}
-  with open(workdir / "report" / "table.csv") as f:
-    csv_rows = list(csv.DictReader(f))
-  assert [{k: str(v) for k, v in row.items()} for row in rows] == csv_rows
-  assert table["tokens_spent"]["wsd"] == (16 + 2 + 3) * 8 * 32
-  assert table["tokens_spent"]["cosine (whole LR grid)"] == (8 + 16) * 8 * 32 * 2
-  assert (workdir / "report" / "table.md").exists()
-
-
-def test_cosine_envelope_picks_the_best_lr_per_horizon(tmp_path):
-  """A fake suite with known losses: per horizon the lowest last-iterate loss wins."""
-  config = suite_config()
-  config.suite.methods = ["cosine"]
-  runs = compare.plan(config)
-  manifest = dict(suite=config.suite.to_dict(), base_steps=8, tokens_per_step=256,
-                  runs=[dict(name=r["name"], method=r["method"], peak_value=r["peak_value"],
-                             horizon=r["horizon"], schedule=r["config"].optimizer.schedule.to_dict())
-                        for r in runs])
-  (tmp_path / "suite.json").write_text(json.dumps(manifest))
-  # Horizon 8: the small LR wins; horizon 16: the large one. An earlier, lower eval must not
-  # count (only the horizon's own step does).
-  losses = {("cosine_8_lr3e-3"): 3.0, "cosine_8_lr1e-2": 3.5,
-            "cosine_16_lr3e-3": 2.9, "cosine_16_lr1e-2": 2.7}
-  for name, loss in losses.items():
-    horizon = int(name.split("_")[1])
-    directory = checkpoint.main_dir(tmp_path / "runs" / name)
-    directory.mkdir(parents=True)
-    records = [dict(step=horizon // 2, **{"eval_loss/raw": 1.0}),
-               dict(step=horizon, **{"eval_loss/raw": loss})]
-    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  results = compare.write_report(str(tmp_path))
-  assert results["columns"] == {"cosine": {8: 3.0, 16: 2.7}}
-  assert results["cosine_lrs"] == {8: 3e-3, 16: 1e-2}
-  table = json.loads((tmp_path / "report" / "table.json").read_text())
-  assert [(r["steps"], r["cosine"]) for r in table["rows"]] == [(8, 3.0), (16, 2.7)]
-  assert table["cosine_lrs"] == {"8": 3e-3, "16": 1e-2}

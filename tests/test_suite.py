@@ -1,0 +1,341 @@
+"""The comparison suite end to end on one tiny suite: records are what the runs' metrics hold,
+a finished suite is not retrained, an interrupted one resumes to the same records, a grid too
+low for the optimum is extended, and a bad suite config fails in one line before any file.
+
+One module-scoped suite (horizons 4 and 8 steps, 2-point LR grids deliberately below the
+optimum, 2 seeds, cosine + D2Z baselines, constant + 1/sqrt(t) anytime runs with one WSD
+variant, post-hoc and merge columns) is trained once; the other tests copy its workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from anytime import batched, checkpoint, loop, naming
+from anytime.experiments import compare, tuning
+
+import _tiny
+
+pytestmark = pytest.mark.slow  # whole training runs
+
+HORIZONS = (4, 8)
+LR_CENTRE = 1e-3  # the initial grid {8.4e-4, 1.19e-3}: below the optimum of 4-8 Adam steps
+REPORT_FILES = ("table.md", "table.csv", "table.json", "loss_vs_lr.png", "loss_vs_tokens.png")
+RUN_NAME = re.compile(r"^(?P<method>.+?)(?:_(?P<horizon>\d+))?_lr(?P<tag>[^_]+)_s(?P<seed>\d+)$")
+
+
+def suite_config(**suite_overrides) -> ml_collections.ConfigDict:
+  base = _tiny.tiny_config(**{
+      "parallel.num_devices": 1, "parallel.mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+      "data.max_bytes": 100_000, "train.eval_batches": 1})
+  suite = compare.default_suite()
+  suite.update(dict(
+      base_steps=4, multipliers=[1, 2], warmup_steps=1, lr_centre=LR_CENTRE, lr_points=2,
+      max_extensions=1, seeds=2, baselines=["cosine", "d2z"],
+      methods=["constant", "inverse_sqrt"], wsd_variants=[["linear", 0.0]],
+      posthoc_sigma_rels=[0.1], snapshots_per_base=2, checkpoints_per_base=2, merge_last=[2]))
+  suite.update(suite_overrides)
+  return ml_collections.ConfigDict(dict(base=base, suite=suite))
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for this module (the suite's groups share programs)."""
+  from jax._src import compilation_cache as cache_lib  # pylint: disable=g-import-not-at-top
+
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  saved = {name: getattr(jax.config, name) for name in names}
+  directory = str(tmp_path_factory.mktemp("jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  cache_lib.reset_cache()
+  yield directory
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  cache_lib.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+  """The tiny suite, run once: (workdir, config, report)."""
+  workdir = tmp_path_factory.mktemp("suite")
+  config = suite_config()
+  report = compare.run_suite(config, str(workdir))
+  return workdir, config, report
+
+
+def copy_workdir(source: Path, target: Path) -> Path:
+  shutil.copytree(source, target)
+  return target
+
+
+def count_training(monkeypatch) -> list[list[str]]:
+  """Records the run names of every group ``batched.train_group`` is asked to train."""
+  calls = []
+  real = batched.train_group
+
+  def counting(specs, **kwargs):
+    calls.append([spec.name for spec in specs])
+    return real(specs, **kwargs)
+
+  monkeypatch.setattr(batched, "train_group", counting)
+  return calls
+
+
+def stored_records(workdir: Path) -> list[tuning.Record]:
+  return [tuning.Record(**r) for r in json.loads((workdir / "records.json").read_text())[
+      "records"]]
+
+
+def record_key(r: tuning.Record):
+  return (r.method, r.candidate, r.horizon, r.peak_value, r.seed)
+
+
+def file_bytes(paths) -> dict[str, bytes]:
+  return {str(p): p.read_bytes() for p in sorted(paths) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------- independent re-read
+
+
+def evals_at(directory: Path, step: int) -> dict[str, float]:
+  """``{candidate: loss}`` of a run directory's evaluation at ``step``, read from metrics.jsonl."""
+  found = [r for r in map(json.loads, (directory / "metrics.jsonl").read_text().splitlines())
+           if r["step"] == step and any(k.startswith("eval_loss/") for k in r)]
+  assert len(found) == 1, (directory, step, found)
+  return {k[len("eval_loss/"):]: v for k, v in found[0].items() if k.startswith("eval_loss/")}
+
+
+def expected_records(workdir: Path, suite: ml_collections.ConfigDict) -> list[tuple]:
+  """What records.json must hold, rebuilt from the files of every run directory."""
+  headline = naming.ema_name(suite.headline_ema)
+  out = []
+  for run_dir in sorted((workdir / "runs").iterdir()):
+    match = RUN_NAME.match(run_dir.name)
+    assert match, run_dir.name
+    method, seed = match["method"], int(match["seed"])
+    stored = json.loads((run_dir / "main" / "config.json").read_text())
+    lr = stored["optimizer"]["schedule"]["peak_value"]
+    assert stored["seed"] == seed
+    if method in ("cosine", "d2z"):
+      h = int(match["horizon"])
+      out.append((method, "raw", h, lr, seed, evals_at(run_dir / "main", h)["raw"]))
+      continue
+    candidates = {"constant": ("raw", headline, "lawa"), "inverse_sqrt": (headline,)}[method]
+    for h in HORIZONS:
+      losses = evals_at(run_dir / "main", h)
+      out += [(method, c, h, lr, seed, losses[c]) for c in candidates]
+    if method != "constant":
+      continue
+    for shape, final in suite.wsd_variants:
+      for h in HORIZONS:
+        branch = run_dir / "branches" / f"{shape}_to{final:g}_{h}"
+        out.append((f"wsd_{shape}_{final:g}", "raw", h, lr, seed, evals_at(branch, h)["raw"]))
+    rows = json.loads((run_dir / "posthoc" / "table.json").read_text())
+    for h in HORIZONS:
+      losses = [r["posthoc_loss"] for r in rows if r["step"] == h and r["target"] == "sigma_rel"]
+      assert len(losses) == len(suite.posthoc_sigma_rels)
+      out.append((method, "posthoc_best", h, lr, seed, min(losses)))
+    merges = json.loads((run_dir / "merges.json").read_text())
+    assert set(merges) == {f"merge_{kind}_{k}" for k in suite.merge_last
+                           for kind in ("uniform", "ema")}
+    for name, by_h in merges.items():
+      assert sorted(map(int, by_h)) == list(HORIZONS)
+      out += [(method, name, int(h), lr, seed, v) for h, v in by_h.items()]
+  return out
+
+
+def test_records_are_the_runs_metrics_and_the_report_is_written(suite):
+  workdir, config, report = suite
+  records = stored_records(workdir)
+  want = sorted(expected_records(workdir, config.suite))
+  got = sorted(tuple(r) for r in records)
+  assert got == want  # exact: records.json copies the floats of metrics.jsonl
+  assert all(math.isfinite(r.loss) for r in records)
+  assert {r.seed for r in records} == {0, 1}
+  assert (workdir / "suite.json").exists() and (workdir / "timing.json").exists()
+  for name in REPORT_FILES:
+    assert (workdir / "report" / name).stat().st_size > 0, name
+  for name in ("loss_vs_lr.png", "loss_vs_tokens.png"):
+    assert (workdir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  table = json.loads((workdir / "report" / "table.json").read_text())
+  assert {row["horizon"] for row in table["rows"]} == set(HORIZONS)
+
+
+def test_envelope_is_the_better_baseline_family_per_horizon(suite):
+  workdir, _, report = suite
+  records = stored_records(workdir)
+  assert [row.horizon for row in report.rows] == list(HORIZONS)
+  for row in report.rows:
+    best = {}  # family -> (tuning-seed loss, lr) at its best LR for this horizon
+    for family in ("cosine", "d2z"):
+      curve = {r.peak_value: r.loss for r in records
+               if r.method == family and r.horizon == row.horizon and r.seed == 0}
+      assert len(curve) >= 2  # tuned over a grid
+      lr = min(curve, key=curve.get)
+      best[family] = (curve[lr], lr)
+    family = min(best, key=lambda f: best[f][0])
+    assert row.envelope_family == family
+    assert row.envelope_lr == best[family][1]
+    seed_losses = [r.loss for r in records if (r.method, r.candidate, r.horizon) == (
+        family, "raw", row.horizon) and tuning.same_lr(r.peak_value, row.envelope_lr)]
+    assert len(seed_losses) == 2  # the tuning seed and one re-run
+    np.testing.assert_allclose(row.envelope.mean, np.mean(seed_losses), rtol=1e-12)
+    # Every other column's delta is to this envelope.
+    for cell in row.cells:
+      np.testing.assert_allclose(cell.delta.mean, cell.loss.mean - row.envelope.mean,
+                                 atol=1e-12)
+
+
+def test_grid_too_low_is_extended(suite):
+  workdir, config, report = suite
+  s = config.suite
+  grid = compare.initial_grid(s)
+  low, high = min(grid), max(grid)
+  on_grid = lambda lr: any(tuning.same_lr(lr, g) for g in grid)
+  records = [r for r in stored_records(workdir) if r.seed == 0]
+  # The initial grid is deliberately low: with 4-8 Adam steps the larger LR wins for every
+  # column on the initial grid (per horizon for the baselines, by the mean over horizons for
+  # the anytime methods), so each must have asked for one point above the grid.
+  columns = {(r.method, r.candidate) for r in records}
+  assert len(columns) == 10
+  for method, candidate in sorted(columns):
+    for h in (HORIZONS if method in compare.BASELINES else (None,)):
+      initial = {}
+      for r in records:
+        if ((r.method, r.candidate) == (method, candidate) and h in (None, r.horizon)
+            and on_grid(r.peak_value)):
+          initial.setdefault(r.peak_value, []).append(r.loss)
+      assert len(initial) == 2 and all(len(v) == (1 if h else 2) for v in initial.values())
+      mean = {lr: np.mean(v) for lr, v in initial.items()}
+      assert tuning.same_lr(min(mean, key=mean.get), high), (method, candidate, h, mean)
+  # Every run (each baseline per horizon, each anytime method once) got exactly that point:
+  # one factor step above the grid, nothing below it, nothing further (max_extensions=1).
+  runs: dict[tuple[str, int | None], set[float]] = {}
+  for r in records:
+    run_method = "constant" if r.method.startswith("wsd_") else r.method
+    runs.setdefault((run_method, r.horizon if r.method in compare.BASELINES else None),
+                    set()).add(r.peak_value)
+  assert sorted(runs) == sorted([(b, h) for b in ("cosine", "d2z") for h in HORIZONS]
+                                + [("constant", None), ("inverse_sqrt", None)])
+  for key, lrs in runs.items():
+    assert len(lrs) == 3, (key, sorted(lrs))
+    assert [tuning.same_lr(a, b) for a, b in zip(sorted(lrs), (low, high, high * s.lr_factor))
+            ] == [True] * 3, (key, sorted(lrs))
+  # The report tunes over the extended grid, and marks an optimum still on its edge.
+  for column, choice in report.choices.items():
+    for h, optimum in choice.optima.items():
+      lrs = report.curves[column][h].lrs
+      assert len(lrs) == 3, (column, h, lrs)
+      assert optimum.at_edge == (tuning.same_lr(optimum.lr, lrs[0]) or
+                                 tuning.same_lr(optimum.lr, lrs[-1])), (column, h)
+
+
+def test_rerun_of_a_finished_suite_trains_nothing(suite, monkeypatch, tmp_path):
+  source, config, report = suite
+  workdir = copy_workdir(source, tmp_path / "w")
+  runs_before = file_bytes((workdir / "runs").rglob("*"))
+  records_before = (workdir / "records.json").read_bytes()
+  table_before = {name: (workdir / "report" / name).read_bytes()
+                  for name in ("table.json", "table.csv")}
+  calls = count_training(monkeypatch)
+  evaluated = []
+  monkeypatch.setattr(compare.posthoc_eval, "run", lambda *a, **k: evaluated.append(a))
+  monkeypatch.setattr(compare, "_merge", lambda *a, **k: evaluated.append(a))
+  again = compare.run_suite(config, str(workdir))
+  assert calls == [] and evaluated == []
+  assert file_bytes((workdir / "runs").rglob("*")) == runs_before
+  assert (workdir / "records.json").read_bytes() == records_before
+  for name, content in table_before.items():
+    assert (workdir / "report" / name).read_bytes() == content, name
+  assert again.rows == report.rows
+
+
+def test_interrupted_suite_resumes_only_what_is_missing(suite, monkeypatch, tmp_path):
+  source, config, _ = suite
+  workdir = copy_workdir(source, tmp_path / "w")
+  want = {record_key(r): r.loss for r in stored_records(source)}
+  # 1. A tuning-seed constant run killed between its checkpoints at 6 and 8: its last
+  # checkpoint, the log after 6, its decay branches and its post-hoc/merge results are gone.
+  constant = sorted(p for p in (workdir / "runs").iterdir()
+                    if p.name.startswith("constant_") and p.name.endswith("_s0"))[0]
+  main = constant / "main"
+  assert checkpoint.CheckpointStore(main, read_only=True).all_steps() == [2, 3, 4, 6, 8]
+  shutil.rmtree(main / "8")
+  kept = [r for r in loop.read_metrics(main) if r["step"] <= 6]
+  (main / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+  for path in ("branches", "posthoc"):
+    shutil.rmtree(constant / path)
+  (constant / "merges.json").unlink()
+  # 2. A re-run baseline (seed 1) whose directory was never written.
+  baseline = sorted(p for p in (workdir / "runs").iterdir()
+                    if p.name.startswith("d2z_8_") and p.name.endswith("_s1"))[0]
+  shutil.rmtree(baseline)
+  (workdir / "records.json").unlink()
+
+  calls = count_training(monkeypatch)
+  compare.run_suite(config, str(workdir))
+  trained = Counter(name for group in calls for name in group)
+  assert sorted(trained) == sorted(
+      [baseline.name, constant.name] + [f"{constant.name}/linear_to0_{h}" for h in HORIZONS])
+  assert set(trained.values()) == {1}
+  assert checkpoint.CheckpointStore(main, read_only=True).all_steps() == [2, 3, 4, 6, 8]
+  got = {record_key(r): r.loss for r in stored_records(workdir)}
+  assert got.keys() == want.keys()
+  differing = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+  # Retrained runs in smaller vmapped groups: equal to float32 rounding (bitwise where the
+  # compiled program is the same).
+  np.testing.assert_allclose([got[k] for k in want], [want[k] for k in want], rtol=2e-6,
+                             err_msg=str(differing))
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(suite={"baselines": ["cosine", "step"]}), r"^suite\.baselines: unknown \['step'\]"),
+    (dict(suite={"methods": ["constant", "adam"]}), r"^suite\.methods: unknown \['adam'\]"),
+    (dict(suite={"base_steps": 1}), r"^suite\.base_steps must be an integer >= 2, got 1$"),
+    (dict(suite={"seeds": 0}), r"^suite\.seeds must be a positive integer, got 0$"),
+    (dict(base={"parallel.num_devices": 2}), r"^base\.parallel\.num_devices must be 1"),
+    (dict(base={"parallel.num_devices": 0}), r"^base\.parallel\.num_devices must be 1"),
+])
+def test_bad_suite_config_fails_in_one_line_before_any_file(overrides, message, tmp_path,
+                                                            monkeypatch):
+  config = suite_config(**overrides.get("suite", {}))
+  config.base.unlock()
+  config.base.update_from_flattened_dict(overrides.get("base", {}))
+  calls = count_training(monkeypatch)
+  workdir = tmp_path / "w"
+  with pytest.raises(ValueError, match=message) as error:
+    compare.run_suite(config, str(workdir))
+  assert "\n" not in str(error.value)
+  assert not workdir.exists() and calls == []
+
+
+def test_workdir_of_a_different_suite_is_refused_untouched(suite, monkeypatch, tmp_path):
+  source, _, _ = suite
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  shutil.copy(source / "suite.json", workdir / "suite.json")
+  before = file_bytes(workdir.rglob("*"))
+  calls = count_training(monkeypatch)
+  with pytest.raises(ValueError, match=r"holds a different suite") as error:
+    compare.run_suite(suite_config(seeds=3), str(workdir))
+  assert "\n" not in str(error.value) and str(workdir) in str(error.value)
+  assert file_bytes(workdir.rglob("*")) == before and calls == []
