@@ -16,6 +16,7 @@ the main branch. Nothing here uses pickle.
 from __future__ import annotations
 
 import errno
+import contextlib
 import hashlib
 import json
 import logging
@@ -85,6 +86,27 @@ class _KeepSteps(ocp.checkpoint_managers.PreservationPolicy):
     return [c.step in self.steps for c in checkpoints]
 
 
+class _ReadOnlyNotices(logging.Filter):
+  """Orbax announces every read-only manager with two warnings; reading is no problem."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not message.startswith(("CheckpointManagerOptions.read_only=True",
+                                   "Given directory is read only"))
+
+
+@contextlib.contextmanager
+def quiet_read_only_notices():
+  """Drops Orbax's read-only notices while a read-only ``CheckpointManager`` is created."""
+  logger = logging.getLogger("absl")
+  notices = _ReadOnlyNotices()
+  logger.addFilter(notices)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notices)
+
+
 class CheckpointStore:
   """An Orbax ``CheckpointManager`` over (train state, data iterator) with a retention policy.
 
@@ -109,15 +131,16 @@ class CheckpointStore:
     self._protected = set((stored or {}).get("steps", []))
     self._keep = _KeepSteps(set(int(s) for s in keep_steps) | self._protected)
     policies.append(self._keep)
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save,
-        create=not read_only,
-        read_only=read_only,
-    )
     self._check_format(write=not read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data"))
+    with quiet_read_only_notices():
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+          enable_async_checkpointing=async_save,
+          create=not read_only,
+          read_only=read_only,
+      )
+      self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                           item_names=("state", "data"))
 
   def _check_format(self, write: bool) -> None:
     """Refuses checkpoints of another format version; records ours in a new directory."""

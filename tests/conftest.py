@@ -49,3 +49,22 @@ def pytest_runtest_makereport(item, call):
   if report.failed:
     seed = seed_of(item.nodeid)
     report.sections.append(("random seed", f"{seed} (rerun with ANYTIME_TEST_SEED={seed})"))
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for this module (runs here share most of their programs)."""
+  from jax._src import compilation_cache as cache_lib  # pylint: disable=g-import-not-at-top
+
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  saved = {name: getattr(jax.config, name) for name in names}
+  directory = str(tmp_path_factory.mktemp("jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  cache_lib.reset_cache()
+  yield directory
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  cache_lib.reset_cache()

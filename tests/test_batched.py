@@ -17,7 +17,7 @@ from anytime import config as config_lib
 
 from _tiny import tiny_config
 
-pytestmark = pytest.mark.slow  # whole training runs
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compilation_cache")]  # training runs
 
 STEPS = 8
 

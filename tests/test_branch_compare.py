@@ -21,7 +21,8 @@ from anytime import branches, checkpoint, loop, schedules
 
 import _tiny
 
-pytestmark = pytest.mark.slow  # whole training runs, subprocesses or notebooks
+# Whole training runs and subprocesses that share most of their programs.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compilation_cache")]
 
 REPO = Path(__file__).resolve().parent.parent
 TIMING_KEYS = ("steps_per_sec", "tokens_per_sec", "mfu")
@@ -95,25 +96,6 @@ def by_step(records, key):
 
 def lr_of(schedule, step):
   return float(np.float32(schedule(step)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module (runs here share most of their programs)."""
-  from jax._src import compilation_cache as cache_lib  # pylint: disable=g-import-not-at-top
-
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  saved = {name: getattr(jax.config, name) for name in names}
-  directory = str(tmp_path_factory.mktemp("jax_cache"))
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  cache_lib.reset_cache()
-  yield directory
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  cache_lib.reset_cache()
 
 
 @pytest.fixture(scope="module")

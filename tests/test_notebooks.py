@@ -34,6 +34,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("ANYTIME_SUITE_WORKDIR", str(tmp_path / "no_suite_here"))
   monkeypatch.setenv("TMPDIR", str(tmp_path))  # where that small suite goes
+  monkeypatch.setenv("ANYTIME_COMPILATION_CACHE", str(tmp_path / "jax_cache"))
   notebook = nbformat.read(path, as_version=4)
   for cell in notebook.cells:
     assert not cell.get("outputs") and not cell.get("execution_count"), (

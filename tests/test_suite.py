@@ -26,7 +26,8 @@ from anytime.experiments import compare, tuning
 
 import _tiny
 
-pytestmark = pytest.mark.slow  # whole training runs
+# Whole training runs that share most of their programs.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compilation_cache")]
 
 HORIZONS = (4, 8)
 LR_CENTRE = 1e-3  # the initial grid {8.4e-4, 1.19e-3}: below the optimum of 4-8 Adam steps
@@ -49,25 +50,6 @@ def suite_config(**suite_overrides) -> ml_collections.ConfigDict:
 
 
 # ---------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module (the suite's groups share programs)."""
-  from jax._src import compilation_cache as cache_lib  # pylint: disable=g-import-not-at-top
-
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  saved = {name: getattr(jax.config, name) for name in names}
-  directory = str(tmp_path_factory.mktemp("jax_cache"))
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  cache_lib.reset_cache()
-  yield directory
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  cache_lib.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -312,8 +294,11 @@ def test_interrupted_suite_resumes_only_what_is_missing(suite, monkeypatch, tmp_
     (dict(suite={"methods": ["constant", "adam"]}), r"^suite\.methods: unknown \['adam'\]"),
     (dict(suite={"base_steps": 1}), r"^suite\.base_steps must be an integer >= 2, got 1$"),
     (dict(suite={"seeds": 0}), r"^suite\.seeds must be a positive integer, got 0$"),
-    (dict(base={"parallel.num_devices": 2}), r"^base\.parallel\.num_devices must be 1"),
-    (dict(base={"parallel.num_devices": 0}), r"^base\.parallel\.num_devices must be 1"),
+    (dict(suite={"lr_factor": 1.0}), r"^suite\.lr_centre must be > 0 and suite\.lr_factor > 1"),
+    (dict(suite={"checkpoints_per_base": 3}),
+     r"^suite\.checkpoints_per_base \(3\) must divide suite\.base_steps \(4\)"),
+    (dict(suite={"headline_ema": 7.0}), r"^suite\.headline_ema \(7\.0\) must be one of"),
+    (dict(base={"train.batch_size": 0}), r"^train\.batch_size must be a positive integer"),
 ])
 def test_bad_suite_config_fails_in_one_line_before_any_file(overrides, message, tmp_path,
                                                             monkeypatch):

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
+from anytime import checkpoint
+
 STATE_ITEM = "state"  # CheckpointStore's item holding the TrainState(step, params, opt_state, rng)
 _TOL = 1e-6
 
@@ -77,9 +79,10 @@ def merge_checkpoints(directory: str | epath.Path, steps: Sequence[int],
   _check_steps(steps)
   _check_weights(len(steps), weights)
   directory = epath.Path(directory)
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler()})
+  with checkpoint.quiet_read_only_notices():
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler()})
   try:
     missing = sorted(set(steps) - set(manager.all_steps()))
     if missing:
