@@ -220,9 +220,13 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
 
 
 def learning_rate_table(schedule: optax.Schedule, start: int, end: int) -> np.ndarray:
-  """``schedule(step)`` for ``start <= step < end`` as float32, evaluated in one jitted call."""
+  """``schedule(step)`` for ``start <= step < end`` as float32, evaluated on the host.
+
+  Not jitted: every schedule is a new closure, so a jit would compile once per run; op by op,
+  the few primitives a schedule uses are compiled once per shape for all runs.
+  """
   steps = jnp.arange(start, end, dtype=jnp.int32)
-  return np.asarray(jax.jit(jax.vmap(schedule))(steps), np.float32)
+  return np.asarray(jax.vmap(schedule)(steps), np.float32)
 
 
 # ---------------------------------------------------------------------------- metrics
