@@ -473,7 +473,7 @@ def check_not_orphaned(config: ml_collections.ConfigDict, directory: epath.Path,
   steps = [m["step"] for m in read_metrics(directory)]
   first_save = min([config.train.checkpoint_every, config.train.total_steps])
   found = [name for name in ("config.json", "metrics.jsonl") if (directory / name).exists()]
-  if not found or (not start_over and (not steps or max(steps) < first_save)):
+  if not found or (not start_over and (not steps or max(steps) <= first_save)):
     return  # nothing, or a run stopped before its first checkpoint: starting again resumes it
   if not start_over:
     raise ValueError(

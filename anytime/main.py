@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import ast
+import logging as std_logging
 import os
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -261,11 +263,14 @@ def _main_with_clear_errors(argv: list[str]) -> None:
   except Exception as e:  # pylint: disable=broad-except
     if os.environ.get("ANYTIME_TRACEBACK") or not isinstance(e, _expected_errors()):
       raise
+    # The run's own cleanup (finally blocks: checkpoint stores, lock, metrics) has run. Storage
+    # threads of an aborted restore may still report their own failure ("Event loop is
+    # closed"): silence them, print the one line, and skip the interpreter's teardown.
+    threading.excepthook = lambda args: None
+    std_logging.disable(std_logging.CRITICAL)
     print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    # The run's own cleanup (finally blocks: checkpoint stores, lock, metrics) has run. Skip
-    # the interpreter's teardown, where storage threads of an aborted restore print tracebacks
-    # of their own ("Event loop is closed") after the one line.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     os._exit(1)  # pylint: disable=protected-access
 
 

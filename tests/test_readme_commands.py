@@ -40,8 +40,9 @@ TINY_SUITE = [
     "--config.suite.base_steps=10", "--config.suite.multipliers=[1,2]",
     "--config.suite.warmup_steps=2", "--config.suite.lr_points=2",
     "--config.suite.max_extensions=0", "--config.suite.seeds=2",
-    "--config.suite.methods=[constant]", "--config.suite.inverse_sqrt_offset=4.0",
+    "--config.suite.methods=['constant']", "--config.suite.inverse_sqrt_offset=4.0",
     "--config.suite.snapshots_per_base=2", "--config.suite.evals_per_base=2",
+    "--config.suite.checkpoints_per_base=5",
     "--config.suite.posthoc_sigma_rels=[0.1]", "--config.suite.merge_last=[2]",
 ]
 TINY_LINREG = ["--config.dim=2000", "--config.num_steps=500", "--config.tune_steps=(100,200,500)",
