@@ -242,6 +242,7 @@ def _bound(target_profile, fit_error, iterates):
   return jax.tree.map(leaf, iterates)
 
 
+@pytest.mark.slow  # a whole training run
 def test_reconstruction_matches_directly_tracked_averages(tmp_path):
   rng = np.random.default_rng(1)
   num_steps, every = 600, 20

@@ -161,6 +161,7 @@ def test_wsd_s_composition_equals_library_wsd_s_for_equal_cooldowns():
   np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow  # a whole training run
 def test_run_lab_end_to_end(tmp_path):
   config = _small_config()
   summary = rv.run_lab(config, str(tmp_path), verbose=False)
@@ -258,6 +259,7 @@ def test_other_bad_inputs():
     rv.make_model(chain, dict(config.model, name="mlp"), seq_len=8)
 
 
+@pytest.mark.slow  # a whole training run
 def test_transformer_option():
   import optax
 
