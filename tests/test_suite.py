@@ -298,6 +298,8 @@ def test_interrupted_suite_resumes_only_what_is_missing(suite, monkeypatch, tmp_
     (dict(suite={"checkpoints_per_base": 3}),
      r"^suite\.checkpoints_per_base \(3\) must divide suite\.base_steps \(4\)"),
     (dict(suite={"headline_ema": 7.0}), r"^suite\.headline_ema \(7\.0\) must be one of"),
+    (dict(suite={"wsd_variants": [["../main", 0.0]]}),
+     r"^suite\.wsd_variants entries are \[shape, final_fraction\] with shape in"),
     (dict(base={"train.batch_size": 0}), r"^train\.batch_size must be a positive integer"),
 ])
 def test_bad_suite_config_fails_in_one_line_before_any_file(overrides, message, tmp_path,

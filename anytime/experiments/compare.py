@@ -25,7 +25,9 @@ structure) and a length train as one vmapped program. Every run keeps its own di
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -38,7 +40,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from anytime import batched, branches, checkpoint, loop, naming
+from anytime import batched, branches, checkpoint, loop, naming, schedules
 from anytime import config as config_lib
 from anytime.experiments import merging, posthoc_eval, tuning, verdict
 from anytime.lm import data as data_lib
@@ -128,8 +130,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"suite.{every} ({s[every]}) must divide suite.base_steps "
                        f"({s.base_steps}) into whole steps")
   for variant in s.wsd_variants:
-    if len(variant) != 2:
-      raise ValueError(f"suite.wsd_variants entries are [shape, final_fraction], got {variant}")
+    # The shape names a branch directory: only the known shapes reach the file system.
+    if (len(variant) != 2 or variant[0] not in schedules.COOLDOWN_SHAPES or
+        not 0 <= variant[1] <= 1):
+      raise ValueError(f"suite.wsd_variants entries are [shape, final_fraction] with shape in "
+                       f"{schedules.COOLDOWN_SHAPES} and final_fraction in [0, 1], got "
+                       f"{list(variant)}")
   config_lib.validate_config(config.base)
 
 
@@ -331,11 +337,7 @@ def records_of(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict
         if candidate in _candidates(run, s):
           out.append(tuning.Record(run.method, candidate, h, run.peak_value, run.seed, loss))
     run_dir = run.spec.directory.parent
-    table = checkpoint.read_json(run_dir / "posthoc" / "table.json")
-    if isinstance(table, list) or table is None:
-      rows = table or []
-    else:
-      rows = table.get("rows", [])
+    rows = checkpoint.read_json(run_dir / "posthoc" / "table.json") or []  # posthoc_eval's rows
     best: dict[int, float] = {}
     for row in rows:
       if row["target"] == "sigma_rel" and row["step"] in horizons(s):
@@ -562,9 +564,6 @@ def write_report(workdir: str) -> verdict.Report:
 
 def reference_table(csv_path: str, model: str = "150M") -> str:
   """The seed paper's published Figure 2 losses as a Markdown table with deltas to cosine."""
-  import csv  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
-
   path = epath.Path(csv_path)
   if not path.exists():
     raise FileNotFoundError(f"reference table {csv_path} does not exist")
