@@ -248,6 +248,34 @@ def test_rerun_of_a_finished_suite_trains_nothing(suite, monkeypatch, tmp_path):
   assert again.rows == report.rows
 
 
+def test_workdir_written_before_a_suite_key_existed_is_resumed(suite, monkeypatch, tmp_path):
+  """A suite.json without a key added later (here lr_grids) meant that key's default."""
+  source, config, report = suite
+  workdir = copy_workdir(source, tmp_path / "w")
+  manifest = json.loads((workdir / "suite.json").read_text())
+  del manifest["suite"]["lr_grids"]
+  (workdir / "suite.json").write_text(json.dumps(manifest))
+  calls = count_training(monkeypatch)
+  monkeypatch.setattr(compare.posthoc_eval, "run", lambda *a, **k: calls.append(a))
+  monkeypatch.setattr(compare, "_merge", lambda *a, **k: calls.append(a))
+  assert compare.run_suite(config, str(workdir)).rows == report.rows
+  assert calls == []
+  # A key that differs from its default is still a different suite.
+  with pytest.raises(ValueError, match=r"holds a different suite"):
+    compare.run_suite(suite_config(lr_grids={"cosine": [1e-3]}), str(workdir))
+
+
+def test_lr_grids_set_a_methods_starting_grid():
+  s = suite_config(lr_grids={"cosine": [1e-2, 3e-3], "constant": [5e-3]}).suite
+  compare.validate(suite_config(lr_grids={"cosine": [1e-2, 3e-3], "constant": [5e-3]}))
+  grids = compare._initial_grids(s)  # pylint: disable=protected-access
+  assert grids["cosine"] == (3e-3, 1e-2) and grids["constant"] == (5e-3,)
+  assert grids["d2z"] == compare.initial_grid(s)  # not listed: the shared log grid
+  # WSD branches are trained from the constant runs: they start on its grid.
+  assert all(grids[compare.wsd_method(shape, final)] == (5e-3,)
+             for shape, final in s.wsd_variants)
+
+
 def test_interrupted_suite_resumes_only_what_is_missing(suite, monkeypatch, tmp_path):
   source, config, _ = suite
   workdir = copy_workdir(source, tmp_path / "w")
@@ -300,6 +328,10 @@ def test_interrupted_suite_resumes_only_what_is_missing(suite, monkeypatch, tmp_
     (dict(suite={"headline_ema": 7.0}), r"^suite\.headline_ema \(7\.0\) must be one of"),
     (dict(suite={"wsd_variants": [["../main", 0.0]]}),
      r"^suite\.wsd_variants entries are \[shape, final_fraction\] with shape in"),
+    (dict(suite={"lr_grids": {"cosin": [1e-3]}}),
+     r"^suite\.lr_grids: 'cosin' is not one of the suite's baselines or methods"),
+    (dict(suite={"lr_grids": {"cosine": [1e-3, 0.0]}}),
+     r"^suite\.lr_grids\.cosine must be a non-empty list of positive learning rates"),
     (dict(base={"train.batch_size": 0}), r"^train\.batch_size must be a positive integer"),
 ])
 def test_bad_suite_config_fails_in_one_line_before_any_file(overrides, message, tmp_path,

@@ -64,6 +64,7 @@ def default_suite() -> ml_collections.ConfigDict:
       lr_centre=3e-3,  # the initial grid: lr_points values, lr_factor apart, around lr_centre
       lr_points=3,
       lr_factor=2 ** 0.5,
+      lr_grids={},  # {method: [LR, ...]}: a fixed starting grid for that method instead
       max_extensions=3,  # per side: how far a grid may grow when its best LR is on an edge
       seeds=3,  # the chosen configurations run with seeds 0..seeds-1 (0 = the tuning seed)
       max_batch_runs=12,  # runs trained as one vmapped program at most
@@ -122,6 +123,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(s.max_extensions, int) or s.max_extensions < 0:
     raise ValueError(f"suite.max_extensions must be a non-negative integer, got "
                      f"{s.max_extensions!r}")
+  for method, grid in s.lr_grids.items():
+    if method not in list(s.baselines) + list(s.methods):
+      raise ValueError(f"suite.lr_grids: {method!r} is not one of the suite's baselines or "
+                       f"methods {list(s.baselines) + list(s.methods)}")
+    if (not isinstance(grid, (list, tuple)) or not grid or
+        any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in grid)):
+      raise ValueError(f"suite.lr_grids.{method} must be a non-empty list of positive learning "
+                       f"rates, got {grid!r}")
   if not s.lr_centre > 0 or not s.lr_factor > 1:
     raise ValueError(f"suite.lr_centre must be > 0 and suite.lr_factor > 1, got "
                      f"{s.lr_centre!r}, {s.lr_factor!r}")
@@ -139,7 +148,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   config_lib.validate_config(config.base)
 
 
-def initial_grid(suite: ml_collections.ConfigDict) -> tuple[float, ...]:
+def initial_grid(suite: ml_collections.ConfigDict, method: str | None = None
+                 ) -> tuple[float, ...]:
+  """The LR grid a method starts from: ``suite.lr_grids[method]`` if given, else
+  ``lr_points`` values ``lr_factor`` apart around ``lr_centre`` (the same for every method)."""
+  if method is not None and method in suite.lr_grids:
+    return tuple(sorted(float(v) for v in suite.lr_grids[method]))
   return tuning.log_grid(suite.lr_centre, suite.lr_points, suite.lr_factor)
 
 
@@ -433,6 +447,10 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str) -> verdict.Report
   validate(config)  # everything is checked before any training starts
   workdir = epath.Path(workdir)
   stored = checkpoint.read_json(workdir / "suite.json")
+  if stored is not None and isinstance(stored.get("suite"), dict):
+    # A suite key added since the workdir was written meant its default then.
+    defaults = json.loads(json.dumps(default_suite().to_dict()))
+    stored["suite"] = {**defaults, **stored["suite"]}
   if stored is not None and stored != json.loads(json.dumps(_manifest(config))):
     raise ValueError(f"--workdir {workdir} holds a different suite (suite.json differs); use "
                      "a new workdir")
@@ -447,13 +465,12 @@ def _tune_and_rerun(config: ml_collections.ConfigDict, workdir: epath.Path) -> N
   s = config.suite
   logging.getLogger("absl").setLevel(logging.WARNING)
   started = time.perf_counter()
-  grid = initial_grid(s)
   lrs: dict[tuple[str, int | None], set[float]] = {}
   for method in s.baselines:
     for h in horizons(s):
-      lrs[(method, h)] = set(grid)
+      lrs[(method, h)] = set(initial_grid(s, method))
   for method in s.methods:
-    lrs[(method, None)] = set(grid)
+    lrs[(method, None)] = set(initial_grid(s, method))
   seeds_tuning = [TUNING_SEED]
   for round_ in range(s.max_extensions + 1):
     planned = plan_runs(config, workdir, {k: sorted(v) for k, v in lrs.items()}, seeds_tuning)
@@ -511,10 +528,11 @@ def _window_losses(planned: Sequence[PlannedRun]) -> dict[str, list[float]]:
 
 
 def _initial_grids(s: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
-  grid = initial_grid(s)
-  methods = list(s.baselines) + list(s.methods)
-  methods += [wsd_method(shape, final) for shape, final in s.wsd_variants]
-  return {m: grid for m in methods}
+  grids = {m: initial_grid(s, m) for m in list(s.baselines) + list(s.methods)}
+  # WSD branches come from the constant runs: they start from the constant method's grid.
+  grids.update({wsd_method(shape, final): initial_grid(s, "constant")
+                for shape, final in s.wsd_variants})
+  return grids
 
 
 def _run_method(method: str) -> str:
