@@ -40,6 +40,11 @@ from anytime.lm import data as data_lib
 
 # Keys that may differ between the runs of one group (everything else is the shared program).
 PER_RUN_KEYS = ("seed", "optimizer.schedule", "train.total_steps", "train.eval_at", "branches")
+# Keys that only steer the host loop of a group: groups that differ in them (and in
+# PER_RUN_KEYS) still run the same compiled programs, which are built once per process.
+HOST_KEYS = ("train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+             "train.keep_period", "train.log_every", "train.async_checkpoints",
+             "train.snapshot_keep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +87,65 @@ class Progress:
   seconds: float
 
 
+def _config_key(spec: RunSpec, ignored: Sequence[str]) -> str:
+  flat = checkpoint.flatten(json.loads(spec.config.to_json_best_effort()))
+  kept = {k: v for k, v in flat.items()
+          if not any(k == p or k.startswith(p + ".") for p in ignored)}
+  return json.dumps(kept, sort_keys=True, default=str)
+
+
 def shared_key(spec: RunSpec) -> str:
   """Runs with the same key (and the same start and end step) can be trained as one group."""
-  flat = checkpoint.flatten(json.loads(spec.config.to_json_best_effort()))
-  shared = {k: v for k, v in flat.items()
-            if not any(k == p or k.startswith(p + ".") for p in PER_RUN_KEYS)}
-  return json.dumps(shared, sort_keys=True, default=str)
+  return _config_key(spec, PER_RUN_KEYS)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+  """What groups of one program share: the built run and its jitted, vmapped functions."""
+
+  template: loop.Run
+  sharding: jax.sharding.NamedSharding | None
+  eval_batches: Sequence[dict]
+  init_fn: Callable
+  step_fn: Callable
+  eval_fn: Callable
+  candidates_fn: Callable
+
+
+_PROGRAMS: dict[tuple, _Program] = {}
+_MAX_PROGRAMS = 8  # built programs kept in this process (least recently used dropped)
+
+
+def _program(spec: RunSpec, runs: int, workdir: str | epath.Path) -> _Program:
+  """The program of ``runs`` runs like ``spec``: built once per process, then reused, so a
+  suite's many groups of one shape trace, lower and compile (or load) it once."""
+  key = (_config_key(spec, PER_RUN_KEYS + HOST_KEYS), runs, str(workdir), jax.device_count())
+  if key in _PROGRAMS:
+    _PROGRAMS[key] = _PROGRAMS.pop(key)  # most recently used last
+    return _PROGRAMS[key]
+  template = loop.build_run(spec.config, workdir, constrain_activations=False)
+  sharding = run_sharding(runs)
+  eval_batches, placed = template.eval_batches, {}
+  if sharding is not None:
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    eval_batches = jax.device_put(jax.device_get(eval_batches), replicated)
+    placed = dict(in_shardings=sharding, out_shardings=sharding)
+  # Each run's raw params and averages (and Schedule-Free's point), stacked like the states.
+  # The post-hoc tracking EMAs are read from their snapshots, not evaluated along the way.
+  tracking = set(config_lib.posthoc_tracking(spec.config))
+  program = _Program(
+      template=template, sharding=sharding, eval_batches=eval_batches,
+      init_fn=parallel.jit_over_copies(template.init_fn),
+      step_fn=parallel.jit_over_copies(template.step_fn, donate_argnums=0, **placed),
+      eval_fn=parallel.jit_over_copies(template.eval_fn, in_axes=(0, None)),
+      candidates_fn=parallel.jit_over_copies(
+          lambda state: {name: params for name, params in
+                         averaging.eval_params(state.opt_state, state.params).items()
+                         if name not in tracking}, **placed))
+  while len(_PROGRAMS) >= _MAX_PROGRAMS:
+    _PROGRAMS.pop(next(iter(_PROGRAMS)))
+  _PROGRAMS[key] = program
+  return program
 
 
 def group_runs(specs: Sequence[RunSpec], max_runs: int) -> list[list[RunSpec]]:
@@ -171,23 +229,24 @@ def run_sharding(count: int) -> jax.sharding.NamedSharding | None:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("runs"))
 
 
-def _initial_state(members: Sequence[_Member], template: loop.Run):
+def _initial_state(members: Sequence[_Member], program: _Program):
   """Stacked state, start step, and whether it was resumed from a common checkpoint of every
   run (else each run's start: its seed's init, or the checkpoint it branches from)."""
   resume = _common_checkpoint(members)
   if resume is not None:
-    states = [m.store.restore(resume, template.abstract_state, m.iterator) for m in members]
+    states = [m.store.restore(resume, program.template.abstract_state, m.iterator)
+              for m in members]
     return _stack(states), resume, True
   if members[0].spec.start is not None:
     states = []
     for m in members:
       source, step = m.spec.start
       store = checkpoint.CheckpointStore(source, read_only=True)
-      states.append(store.restore(step, template.abstract_state, m.iterator))
+      states.append(store.restore(step, program.template.abstract_state, m.iterator))
       store.close()
     return _stack(states), members[0].spec.start_step, False
   seeds = np.array([m.spec.config.seed for m in members], np.uint32)
-  return parallel.jit_over_copies(template.init_fn)(seeds), 0, False
+  return program.init_fn(seeds), 0, False
 
 
 def train_group(specs: Sequence[RunSpec], *, workdir: str | epath.Path,
@@ -208,20 +267,20 @@ def train_group(specs: Sequence[RunSpec], *, workdir: str | epath.Path,
   if (first.config.parallel.num_devices or jax.device_count()) != 1:
     raise ValueError("parallel.num_devices must be 1 for batched runs (the run axis is the "
                      f"parallel one), got {first.config.parallel.num_devices}")
-  template = loop.build_run(first.config, workdir, constrain_activations=False)
-  members = [_Member(spec, template) for spec in specs]
+  program = _program(first, len(specs), workdir)
+  members = [_Member(spec, program.template) for spec in specs]
   try:
-    _train(members, template, progress)
+    _train(members, program, progress)
   finally:
     for m in members:
       m.close()
 
 
-def _train(members: list[_Member], template: loop.Run,
+def _train(members: list[_Member], program: _Program,
            progress: Callable[[Progress], None] | None) -> None:
   t = members[0].spec.config.train
   end = members[0].spec.end_step
-  states, step, resumed = _initial_state(members, template)
+  states, step, resumed = _initial_state(members, program)
   for m in members:
     if m.spec.start is None and step == 0:
       checkpoint.write_json(m.spec.directory / "config.json",
@@ -230,23 +289,10 @@ def _train(members: list[_Member], template: loop.Run,
     m.writer = loop.MetricsWriter(m.spec.directory, truncate_after=step if resumed else None)
     if m.snapshots is not None:
       m.snapshots.discard_after(step)
-  sharding = run_sharding(len(members))
-  eval_batches = template.eval_batches
-  placed = {}
-  if sharding is not None:
-    states = jax.device_put(states, sharding)
-    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    eval_batches = jax.device_put(jax.device_get(eval_batches), replicated)
-    placed = dict(in_shardings=sharding, out_shardings=sharding)
-  step_fn = parallel.jit_over_copies(template.step_fn, donate_argnums=0, **placed)
-  eval_fn = parallel.jit_over_copies(template.eval_fn, in_axes=(0, None))
-  # Each run's raw params and averages (and Schedule-Free's point), stacked like the states.
-  # The post-hoc tracking EMAs are read from their snapshots, not evaluated along the way.
-  tracking = set(config_lib.posthoc_tracking(members[0].spec.config))
-  candidates_fn = parallel.jit_over_copies(
-      lambda state: {name: params for name, params in
-                     averaging.eval_params(state.opt_state, state.params).items()
-                     if name not in tracking}, **placed)
+  if program.sharding is not None:
+    states = jax.device_put(states, program.sharding)
+  step_fn, eval_fn, candidates_fn = program.step_fn, program.eval_fn, program.candidates_fn
+  eval_batches = program.eval_batches
   tokens_per_step = t.batch_size * t.seq_len
   eval_steps = frozenset().union(*(m.spec.eval_steps for m in members))
   save_steps = frozenset().union(*(m.spec.keep_steps for m in members))

@@ -128,3 +128,44 @@ def test_a_diverged_run_does_not_stop_the_others(tmp_path):
   assert np.isnan(loop.last_evaluation(bad.directory)["eval_loss/raw"])
   assert any(r.get("diverged") for r in loop.read_metrics(bad.directory))
   assert np.isfinite(loop.last_evaluation(good.directory)["eval_loss/raw"])
+
+
+def test_groups_of_one_program_build_it_once(tmp_path, monkeypatch):
+  """A second group of the same shape (other seeds, schedules, eval and checkpoint steps)
+  reuses the first one's built and compiled program, and still equals training alone."""
+  builds = []
+  build_run = loop.build_run
+  monkeypatch.setattr(loop, "build_run", lambda *a, **k: builds.append(a) or build_run(*a, **k))
+  first = specs_for(tmp_path / "first", 2)
+  batched.train_group(first, workdir=tmp_path)
+  assert len(builds) == 1
+  second = []
+  for i, spec in enumerate(specs_for(tmp_path / "second", 5)[3:]):  # seeds 1, other LRs
+    config = spec.config
+    config.unlock()
+    config.train.eval_every = STEPS // 4  # host-side only: the same program
+    config.train.checkpoint_every = STEPS // 2
+    config.lock()
+    second.append(batched.RunSpec(name=f"s{i}", config=config, directory=spec.directory,
+                                  end_step=STEPS))
+  batched.train_group(second, workdir=tmp_path)
+  assert len(builds) == 1
+  for spec in second:
+    want_losses, _, want_evals = train_alone(spec, tmp_path)
+    got = [r["loss"] for r in loop.read_metrics(spec.directory) if "loss" in r]
+    np.testing.assert_allclose(got, want_losses, rtol=2e-5, err_msg=spec.name)
+    evals = [r["step"] for r in loop.read_metrics(spec.directory) if naming.is_eval_record(r)]
+    assert evals == [2, 4, 6, 8]
+    for name, value in want_evals.items():
+      np.testing.assert_allclose(loop.last_evaluation(spec.directory)[naming.eval_key(name)],
+                                 value, rtol=2e-5)
+  # Another optimizer structure (no averages) is another program.
+  config = run_config(1e-3, 0)
+  config.unlock()
+  config.optimizer.averages = {}
+  config.lock()
+  before = len(builds)  # (train_alone built the references)
+  batched.train_group([batched.RunSpec(name="other", config=config, end_step=STEPS,
+                                       directory=tmp_path / "other" / "main")],
+                      workdir=tmp_path)
+  assert len(builds) == before + 1
