@@ -104,7 +104,7 @@ class _Program:
   """What groups of one program share: the built run and its jitted, vmapped functions."""
 
   template: loop.Run
-  sharding: jax.sharding.NamedSharding | None
+  sharding: jax.sharding.NamedSharding
   eval_batches: Sequence[dict]
   init_fn: Callable
   step_fn: Callable
@@ -125,11 +125,9 @@ def _program(spec: RunSpec, runs: int, workdir: str | epath.Path) -> _Program:
     return _PROGRAMS[key]
   template = loop.build_run(spec.config, workdir, constrain_activations=False)
   sharding = run_sharding(runs)
-  eval_batches, placed = template.eval_batches, {}
-  if sharding is not None:
-    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    eval_batches = jax.device_put(jax.device_get(eval_batches), replicated)
-    placed = dict(in_shardings=sharding, out_shardings=sharding)
+  replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  eval_batches = jax.device_put(jax.device_get(template.eval_batches), replicated)
+  placed = dict(in_shardings=sharding, out_shardings=sharding)
   # Each run's raw params and averages (and Schedule-Free's point), stacked like the states.
   # The post-hoc tracking EMAs are read from their snapshots, not evaluated along the way.
   tracking = set(config_lib.posthoc_tracking(spec.config))
@@ -218,13 +216,12 @@ def _common_checkpoint(members: Sequence[_Member]) -> int | None:
   return max(steps) if steps else None
 
 
-def run_sharding(count: int) -> jax.sharding.NamedSharding | None:
+def run_sharding(count: int) -> jax.sharding.NamedSharding:
   """The sharding of a leading run axis of ``count`` over the most devices that divide it
-  (None on one device)."""
+  (one device included: states from an init and from a restore then enter the compiled step
+  placed alike, so it is not compiled again for the second kind)."""
   devices = jax.devices()
   used = max(d for d in range(1, len(devices) + 1) if count % d == 0)
-  if used == 1:
-    return None
   mesh = jax.sharding.Mesh(np.array(devices[:used]), ("runs",))
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("runs"))
 
@@ -289,8 +286,7 @@ def _train(members: list[_Member], program: _Program,
     m.writer = loop.MetricsWriter(m.spec.directory, truncate_after=step if resumed else None)
     if m.snapshots is not None:
       m.snapshots.discard_after(step)
-  if program.sharding is not None:
-    states = jax.device_put(states, program.sharding)
+  states = jax.device_put(states, program.sharding)
   step_fn, eval_fn, candidates_fn = program.step_fn, program.eval_fn, program.candidates_fn
   eval_batches = program.eval_batches
   tokens_per_step = t.batch_size * t.seq_len

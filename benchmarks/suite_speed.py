@@ -106,11 +106,11 @@ def step_sweep(counts: list[int], repeats: int = 20) -> None:
     print(f"\nThe vmapped train step alone ({jax.device_count()} CPU devices):")
     for count in counts:
       sharding = batched.run_sharding(count)
-      placed = dict(in_shardings=sharding, out_shardings=sharding) if sharding else {}
-      step = parallel.jit_over_copies(template.step_fn, donate_argnums=0, **placed)
-      states = parallel.jit_over_copies(template.init_fn)(np.arange(count, dtype=np.uint32))
-      if sharding is not None:
-        states = jax.device_put(states, sharding)
+      step = parallel.jit_over_copies(template.step_fn, donate_argnums=0,
+                                      in_shardings=sharding, out_shardings=sharding)
+      states = jax.device_put(
+          parallel.jit_over_copies(template.init_fn)(np.arange(count, dtype=np.uint32)),
+          sharding)
       batch = {k: np.stack([v] * count) for k, v in one.items()}
       lrs = np.full((count,), 1e-3, np.float32)
       for _ in range(4):  # compile and warm up
