@@ -266,11 +266,15 @@ def _main_with_clear_errors(argv: list[str]) -> None:
     # The run's own cleanup (finally blocks: checkpoint stores, lock, metrics) has run. Storage
     # threads of an aborted restore may still report their own failure ("Event loop is
     # closed"): silence them, print the one line, and skip the interpreter's teardown.
+    # Standard error goes to /dev/null *before* the line is written (to a saved copy of it),
+    # so that no thread can print between the line and the exit.
     threading.excepthook = lambda args: None
     std_logging.disable(std_logging.CRITICAL)
-    print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
+    sys.stderr.flush()
+    stderr = os.dup(sys.stderr.fileno())
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    os.write(stderr, f"error: {_one_line(e)}\n".encode())
     os._exit(1)  # pylint: disable=protected-access
 
 

@@ -1034,8 +1034,14 @@ def test_second_cli_trainer_exits_at_once_naming_the_first(tmp_path: Path):
   first = Trainer(workdir, tmp_path / "first.log")
   try:
     first.wait_for_step(3)
-    second = subprocess.run(cli_args(workdir), cwd=REPO, env=subprocess_env(),
-                            capture_output=True, text=True, timeout=120, check=False)
+    # Held (SIGSTOP) while the second starts: on a loaded machine the first could otherwise
+    # finish and release the workdir before the second has even imported JAX.
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    try:
+      second = subprocess.run(cli_args(workdir), cwd=REPO, env=subprocess_env(),
+                              capture_output=True, text=True, timeout=120, check=False)
+    finally:
+      os.kill(first.proc.pid, signal.SIGCONT)
     assert second.returncode != 0
     assert second.stderr.strip().splitlines()[-1].startswith(
         f"error: WorkdirLocked: {workdir / 'main'} is in use by pid {first.proc.pid} on host ")
