@@ -312,6 +312,7 @@ def run() -> None:
     return
   _check_config_file(argv[1:])
   sys.argv = argv
+  sys.stderr = _QuietClosedLoop(sys.stderr)
   try:
     app.run(_main_with_clear_errors)
   except (AttributeError, KeyError) as e:  # raised by config_flags while parsing --config.x=y
@@ -330,6 +331,38 @@ def run() -> None:
     # Before main(): config_flags ran the config file's get_config(), and it failed.
     sys.exit(f"error: --config {_config_path(sys.argv)}: get_config() failed: "
              f"{type(e).__name__}: {' '.join(str(e).split())}")
+
+
+class _QuietClosedLoop:
+  """Standard error without one known aftermath of a failed read: after Orbax's restore has
+  raised and closed its event loop, TensorStore's still-running reads call back into it from
+  their own (non-Python) threads, and each prints a traceback ending in "RuntimeError: Event
+  loop is closed". Such a thread's traceback is held until its last line; it is dropped if it
+  is that one, written otherwise. Everything else passes straight through."""
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._held: dict[int, list[str]] = {}
+
+  def write(self, text: str) -> int:
+    thread = threading.current_thread()
+    if not isinstance(thread, threading._DummyThread):  # pylint: disable=protected-access
+      return self._stream.write(text)
+    held = self._held.get(thread.ident)
+    if held is None and not text.startswith("Traceback (most recent call last)"):
+      return self._stream.write(text)
+    held = self._held.setdefault(thread.ident, [])
+    held.append(text)
+    block = "".join(held)
+    last = block.rstrip("\n").rsplit("\n", 1)[-1]
+    if block.endswith("\n") and last and not last.startswith((" ", "Traceback")):
+      del self._held[thread.ident]  # the exception's own line: the traceback is complete
+      if last != "RuntimeError: Event loop is closed":
+        self._stream.write(block)
+    return len(text)
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
 
 
 def _config_path(argv: list[str]) -> str:
