@@ -9,8 +9,8 @@ plays and 6 held-back books). Base horizon T = 1360 steps of 16 x 64 tokens = 1.
 20.4 tokens per non-embedding parameter (1x Chinchilla); horizons 1x, 2x, 4x (under one epoch).
 The same tuning protocol as the quickstart (√2-spaced LR grid extended at its edges; baselines
 per horizon, anytime methods with one LR; 3 seeds). Evaluation: 16 batches of 128 windows
-(131k validation tokens). Expect about an hour on an idle 2-core CPU; the README has the measured
-table and time.
+(131k validation tokens). About two hours on a 2-core CPU (its first tuning round of 66 runs
+alone was estimated at 65 minutes on an idle machine); the command resumes where it stopped.
 """
 
 import ml_collections
