@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import ast
-import logging as std_logging
 import os
 import sys
 import threading
@@ -264,12 +263,9 @@ def _main_with_clear_errors(argv: list[str]) -> None:
     if os.environ.get("ANYTIME_TRACEBACK") or not isinstance(e, _expected_errors()):
       raise
     # The run's own cleanup (finally blocks: checkpoint stores, lock, metrics) has run. Storage
-    # threads of an aborted restore may still report their own failure ("Event loop is
-    # closed"): silence them, print the one line, and skip the interpreter's teardown.
-    # Standard error goes to /dev/null *before* the line is written (to a saved copy of it),
-    # so that no thread can print between the line and the exit.
-    threading.excepthook = lambda args: None
-    std_logging.disable(std_logging.CRITICAL)
+    # threads of an aborted restore may still report their own failure: standard error goes
+    # to /dev/null *before* the line is written (to a saved copy of it), so nothing can print
+    # after it, and the interpreter's teardown is skipped.
     sys.stdout.flush()
     sys.stderr.flush()
     stderr = os.dup(sys.stderr.fileno())
@@ -342,23 +338,20 @@ class _QuietClosedLoop:
 
   def __init__(self, stream):
     self._stream = stream
-    self._held: dict[int, list[str]] = {}
+    self._held: dict[int, str] = {}  # thread -> the traceback it is writing
 
   def write(self, text: str) -> int:
     thread = threading.current_thread()
-    if not isinstance(thread, threading._DummyThread):  # pylint: disable=protected-access
+    foreign = isinstance(thread, threading._DummyThread)  # pylint: disable=protected-access
+    if thread.ident not in self._held and not (
+        foreign and text.startswith("Traceback (most recent call last)")):
       return self._stream.write(text)
-    held = self._held.get(thread.ident)
-    if held is None and not text.startswith("Traceback (most recent call last)"):
-      return self._stream.write(text)
-    held = self._held.setdefault(thread.ident, [])
-    held.append(text)
-    block = "".join(held)
+    block = self._held.pop(thread.ident, "") + text
     last = block.rstrip("\n").rsplit("\n", 1)[-1]
-    if block.endswith("\n") and last and not last.startswith((" ", "Traceback")):
-      del self._held[thread.ident]  # the exception's own line: the traceback is complete
-      if last != "RuntimeError: Event loop is closed":
-        self._stream.write(block)
+    if not block.endswith("\n") or not last or last.startswith((" ", "Traceback")):
+      self._held[thread.ident] = block  # the exception's own line has not come yet
+    elif last != "RuntimeError: Event loop is closed":
+      self._stream.write(block)
     return len(text)
 
   def __getattr__(self, name):

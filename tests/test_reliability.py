@@ -8,6 +8,7 @@ same tiny config, so their results are bitwise comparable.
 
 from __future__ import annotations
 
+import _thread
 import copy
 import dataclasses
 import io
@@ -22,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -1118,3 +1120,27 @@ def test_cli_one_line_for_damaged_runs_and_divergence(reference: Path, tmp_path:
                           "--sigma-rel", "0.05,0.1"])
   assert line.startswith("error: a post-hoc snapshot is damaged or truncated (") and \
       "/snapshots/10/" in line
+
+
+def test_cli_stderr_drops_only_the_closed_event_loop_traceback_of_foreign_threads():
+  """What TensorStore's own threads print after a failed restore ("Event loop is closed") is
+  dropped; any other traceback of such a thread, and anything of a Python thread, is kept."""
+  from anytime import main as cli  # pylint: disable=g-import-not-at-top
+
+  out = io.StringIO()
+  stream = cli._QuietClosedLoop(out)  # pylint: disable=protected-access
+  closed = ["Traceback (most recent call last):\n", '  File "base_events.py", line 806\n',
+            "    self._check_closed()\n", "RuntimeError: Event loop is closed", "\n"]
+  other = closed[:3] + ["ValueError: something else\n"]
+
+  def from_foreign_thread(chunks, done):
+    for chunk in chunks:
+      stream.write(chunk)
+    done.set()
+
+  for chunks in (closed, other):
+    done = threading.Event()
+    _thread.start_new_thread(from_foreign_thread, (chunks, done))  # not a threading.Thread
+    assert done.wait(10)
+  stream.write("".join(closed))  # the main thread: always written
+  assert out.getvalue() == "".join(other) + "".join(closed)
