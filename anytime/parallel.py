@@ -212,6 +212,37 @@ def jit_over_copies(fn: Callable, *, in_axes: Any = 0, **jit_kwargs) -> Callable
   return jax.jit(jax.vmap(fn, in_axes=in_axes), compiler_options=options, **jit_kwargs)
 
 
+@contextlib.contextmanager
+def compile_log() -> Iterator[list[str]]:
+  """The names of the programs XLA compiles inside the block, e.g. ``"jit(train_step)"``, read
+  from JAX's compile log (a program loaded from the persistent cache counts too). JAX's own
+  log lines are kept off the console while the block runs.
+
+      with parallel.compile_log() as compiled:
+        step(state, batch, lr)
+      assert not any("train_step" in name for name in compiled)
+  """
+  names: list[str] = []
+  prefix = "Finished XLA compilation of "
+
+  class Handler(logging.Handler):
+
+    def emit(self, record):
+      message = record.getMessage()
+      if message.startswith(prefix):
+        names.append(message[len(prefix):].rsplit(" in ", 1)[0])
+
+  handler, logger = Handler(level=logging.DEBUG), logging.getLogger("jax")
+  propagate, logger.propagate = logger.propagate, False
+  logger.addHandler(handler)
+  try:
+    with jax.log_compiles(True):
+      yield names
+  finally:
+    logger.removeHandler(handler)
+    logger.propagate = propagate
+
+
 def use_compilation_cache(directory: str | None = None) -> str:
   """Turns on JAX's persistent compilation cache, before anything is compiled.
 

@@ -18,7 +18,6 @@ run as R grows) and how much is the builds, compilations and host work that batc
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -40,24 +39,6 @@ from anytime.experiments import compare  # noqa: E402
 from configs import compare_tiny  # noqa: E402
 
 
-class CompileCounter(logging.Handler):
-  """Counts XLA compilations, all of them and those of the train step (JAX's compile log)."""
-
-  def __init__(self):
-    super().__init__(level=logging.DEBUG)
-    self.count = self.train_steps = 0
-    jax.config.update("jax_log_compiles", True)
-    logging.getLogger("jax").addHandler(self)
-    logging.getLogger("jax").setLevel(logging.DEBUG)
-    logging.getLogger("jax").propagate = False  # counted here, not printed
-
-  def emit(self, record):
-    message = record.getMessage()
-    if message.startswith("Finished XLA compilation of"):
-      self.count += 1
-      self.train_steps += "train_step" in message.split(" in ")[0]
-
-
 def _runs(config, workdir: Path, count: int, steps: int) -> list[compare.PlannedRun]:
   lrs = [2e-3, 3e-3, 4.24e-3]
   planned = []
@@ -71,21 +52,24 @@ def _runs(config, workdir: Path, count: int, steps: int) -> list[compare.Planned
   return planned
 
 
-def throughput(count: int, steps: int, counter: CompileCounter) -> None:
+def throughput(count: int, steps: int) -> None:
   config = compare_tiny.get_config()
+  train_steps = lambda names: sum("train_step" in name for name in names)
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     runs = _runs(config, tmp / "sequential", count, steps)
-    before, steps_before, start = counter.count, counter.train_steps, time.perf_counter()
-    for run in runs:
-      branches.train(run.spec.config, str(run.spec.directory.parent))
+    start = time.perf_counter()
+    with parallel.compile_log() as compiled:
+      for run in runs:
+        branches.train(run.spec.config, str(run.spec.directory.parent))
     sequential = time.perf_counter() - start
-    seq_compiles = (counter.count - before, counter.train_steps - steps_before)
+    seq_compiles = (len(compiled), train_steps(compiled))
     runs = _runs(config, tmp / "batched", count, steps)
-    before, steps_before, start = counter.count, counter.train_steps, time.perf_counter()
-    batched.train_group([r.spec for r in runs], workdir=tmp / "batched")
+    start = time.perf_counter()
+    with parallel.compile_log() as compiled:
+      batched.train_group([r.spec for r in runs], workdir=tmp / "batched")
     together = time.perf_counter() - start
-    batch_compiles = (counter.count - before, counter.train_steps - steps_before)
+    batch_compiles = (len(compiled), train_steps(compiled))
   work = count * steps
   print(f"{count} runs x {steps} steps of the quickstart model "
         f"({os.cpu_count()} CPU cores, jax {jax.__version__}):")
@@ -131,8 +115,7 @@ def main():
   parser.add_argument("--sweep", default="1,3,6,12",
                       help="numbers of runs to time the vmapped step alone for ('' = skip)")
   args = parser.parse_args()
-  counter = CompileCounter()
-  throughput(args.runs, args.steps, counter)
+  throughput(args.runs, args.steps)
   if args.sweep:
     step_sweep([int(n) for n in args.sweep.split(",")])
 
