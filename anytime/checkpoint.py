@@ -279,9 +279,15 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any],
-                       safe_to_change: Sequence[str] = ()) -> list[str]:
-  """Dotted keys whose values differ between two config dicts, minus the safe ones."""
+                       safe_to_change: Sequence[str] = (),
+                       defaults: Mapping[str, Any] | None = None) -> list[str]:
+  """Dotted keys whose values differ between two config dicts, minus the safe ones.
+
+  ``defaults`` (dotted keys): a key missing from ``stored`` (written before the key existed)
+  counts as having its default there.
+  """
   a, b = flatten(stored), flatten(current)
+  a = {**{k: v for k, v in (defaults or {}).items() if k not in a}, **a}
   normalize = lambda v: json.loads(json.dumps(v, default=str))
   diffs = sorted(k for k in set(a) | set(b) if normalize(a.get(k)) != normalize(b.get(k)))
   return [k for k in diffs if not any(k == s or k.startswith(s + ".") for s in safe_to_change)]

@@ -27,6 +27,19 @@ SAFE_TO_CHANGE = (
     "train.nan_policy", "train.max_skipped_updates", "train.clean_steps_before_save",
     "train.spike_factor", "train.spike_policy",
 )
+# Sections taken whole (a schedule's options, the named averages): a key absent from them is
+# an option not given, not a key that did not exist yet.
+FREE_FORM = ("optimizer.schedule", "optimizer.averages")
+
+
+def key_defaults() -> dict:
+  """The schema's default of every dotted key outside the free-form sections: what a key that
+  an older stored config lacks meant when that config was written."""
+  flat = checkpoint.flatten(default_config().to_dict())
+  return {k: v for k, v in flat.items()
+          if not any(k == f or k.startswith(f + ".") for f in FREE_FORM)}
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The one schema of a training run: every key with its default."""
   c = ml_collections.ConfigDict()

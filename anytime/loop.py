@@ -438,7 +438,7 @@ def check_resumable(config: ml_collections.ConfigDict, directory: epath.Path) ->
   if stored is None:
     return
   diffs = checkpoint.config_differences(stored, json.loads(config.to_json_best_effort()),
-                                        config_lib.SAFE_TO_CHANGE)
+                                        config_lib.SAFE_TO_CHANGE, config_lib.key_defaults())
   if diffs:
     raise ValueError(
         f"the workdir {directory} holds a run with a different config; differing keys: "

@@ -249,20 +249,22 @@ def test_rerun_of_a_finished_suite_trains_nothing(suite, monkeypatch, tmp_path):
 
 
 def test_workdir_written_before_a_suite_key_existed_is_resumed(suite, monkeypatch, tmp_path):
-  """A suite.json without a key added later (here lr_grids) meant that key's default."""
+  """A suite.json without a key added later (suite or base) meant that key's default."""
   source, config, report = suite
   workdir = copy_workdir(source, tmp_path / "w")
   manifest = json.loads((workdir / "suite.json").read_text())
-  del manifest["suite"]["lr_grids"]
+  del manifest["suite"]["max_batch_runs"]
+  del manifest["base"]["train"]["clean_steps_before_save"]
   (workdir / "suite.json").write_text(json.dumps(manifest))
   calls = count_training(monkeypatch)
   monkeypatch.setattr(compare.posthoc_eval, "run", lambda *a, **k: calls.append(a))
   monkeypatch.setattr(compare, "_merge", lambda *a, **k: calls.append(a))
   assert compare.run_suite(config, str(workdir)).rows == report.rows
   assert calls == []
-  # A key that differs from its default is still a different suite.
-  with pytest.raises(ValueError, match=r"holds a different suite"):
-    compare.run_suite(suite_config(lr_grids={"cosine": [1e-3]}), str(workdir))
+  # A key that differs from its default is still a different suite, and is named.
+  with pytest.raises(ValueError, match=r"holds a different suite \(differing keys: "
+                                       r"suite\.max_batch_runs\)"):
+    compare.run_suite(suite_config(max_batch_runs=5), str(workdir))
 
 
 def test_lr_grids_set_a_methods_starting_grid():

@@ -117,6 +117,22 @@ def test_changed_config_is_refused_on_resume(reference_run, tmp_path):
                         checkpoint.main_dir(ref_dir))
 
 
+def test_config_written_before_a_key_existed_resumes(reference_run, tmp_path):
+  """A stored config.json without a schema key (older code) resumes: the key meant its
+  default. Free-form sections are taken whole: a schedule option missing there is a change."""
+  ref_dir, config = reference_run
+  directory = tmp_path / "main"
+  directory.mkdir()
+  stored = json.loads((checkpoint.main_dir(ref_dir) / "config.json").read_text())
+  del stored["model"]["rope_base"]  # not safe to change: only its default lets it pass
+  (directory / "config.json").write_text(json.dumps(stored))
+  loop.check_resumable(config, directory)
+  del stored["optimizer"]["schedule"]["peak_value"]
+  (directory / "config.json").write_text(json.dumps(stored))
+  with pytest.raises(ValueError, match=r"differing keys: optimizer\.schedule\.peak_value\."):
+    loop.check_resumable(config, directory)
+
+
 def test_metrics_and_checkpoint_contents(reference_run):
   ref_dir, config = reference_run
   directory = checkpoint.main_dir(ref_dir)

@@ -447,13 +447,14 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str) -> verdict.Report
   validate(config)  # everything is checked before any training starts
   workdir = epath.Path(workdir)
   stored = checkpoint.read_json(workdir / "suite.json")
-  if stored is not None and isinstance(stored.get("suite"), dict):
-    # A suite key added since the workdir was written meant its default then.
-    defaults = json.loads(json.dumps(default_suite().to_dict()))
-    stored["suite"] = {**defaults, **stored["suite"]}
-  if stored is not None and stored != json.loads(json.dumps(_manifest(config))):
-    raise ValueError(f"--workdir {workdir} holds a different suite (suite.json differs); use "
-                     "a new workdir")
+  if stored is not None:
+    # A key added since the workdir was written meant its default then.
+    defaults = {**{f"suite.{k}": v for k, v in checkpoint.flatten(default_suite().to_dict()).items()},
+                **{f"base.{k}": v for k, v in config_lib.key_defaults().items()}}
+    diffs = checkpoint.config_differences(stored, _manifest(config), defaults=defaults)
+    if diffs:
+      raise ValueError(f"--workdir {workdir} holds a different suite (differing keys: "
+                       f"{', '.join(diffs)}); use a new workdir")
   checkpoint.check_writable(workdir, field="--workdir")
   with checkpoint.DirectoryLock(workdir):
     checkpoint.write_json(workdir / "suite.json", _manifest(config))
