@@ -37,7 +37,10 @@ def extract(ref: str, into: Path) -> None:
   archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref],
                            check=True, capture_output=True).stdout
   with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-    tar.extractall(into, filter="data")
+    if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+      tar.extractall(into, filter="data")
+    else:  # this repository's own archive
+      tar.extractall(into)
 
 
 def timed(command: list[str], cwd: Path, cache: Path, log: Path) -> tuple[float, dict]:
