@@ -69,3 +69,18 @@ def test_sampling_errors():
   assert w.value == pytest.approx(np.std(windows, ddof=1) / 2) and w.kind == "windows"
   with pytest.raises(ValueError, match="eval_tokens"):
     stats.token_sampling_error(2.0, 0)
+
+
+def test_paired_sampling_error_is_the_error_of_the_differences():
+  rng = np.random.default_rng(0)
+  shared = rng.normal(1.7, 0.3, size=512)  # how hard each window is: common to both models
+  a, b = shared + rng.normal(0, 0.01, 512), shared - 0.02 + rng.normal(0, 0.01, 512)
+  paired = stats.paired_window_sampling_error(a, b)
+  assert paired.kind == "paired windows"
+  assert paired.value == pytest.approx(np.std(a - b, ddof=1) / math.sqrt(512))
+  # Same windows: the hard-window variance cancels, so a delta is known far better than a loss.
+  assert paired.value < stats.window_sampling_error(a).value / 10
+  with pytest.raises(ValueError, match="same windows"):
+    stats.paired_window_sampling_error(a, b[:-1])
+  with pytest.raises(ValueError, match="at least 2"):
+    stats.paired_window_sampling_error([1.0], [1.1])

@@ -157,6 +157,15 @@ def test_records_are_the_runs_metrics_and_the_report_is_written(suite):
     assert (workdir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   table = json.loads((workdir / "report" / "table.json").read_text())
   assert {row["horizon"] for row in table["rows"]} == set(HORIZONS)
+  # The per-window losses behind the eval set's error of a delta: a baseline's and an anytime
+  # run's, at one horizon, whose means are the losses those runs recorded there.
+  (horizon, (a, b)), = json.loads((workdir / "records.json").read_text())[
+      "paired_window_losses"].items()
+  assert len(a) == len(b) > 1
+  at = [r for r in records if r.horizon == int(horizon) and r.seed == 0 and r.candidate == "raw"]
+  assert any(r.method in compare.BASELINES and abs(r.loss - np.mean(a)) < 1e-5 for r in at)
+  assert any(r.method not in compare.BASELINES and abs(r.loss - np.mean(b)) < 1e-5 for r in at)
+  assert table["delta_eval_sampling_error"]["kind"] == "paired windows"
 
 
 def test_envelope_is_the_better_baseline_family_per_horizon(suite):

@@ -5,6 +5,7 @@ import io
 import json
 import math
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
@@ -132,6 +133,28 @@ def test_window_sampling_error_is_preferred():
   assert report.sampling_error.kind == "windows"
   with pytest.raises(ValueError, match="non_embedding_params"):
     verdict.SuiteFacts(**{**FACTS.__dict__, "non_embedding_params": 0})
+
+
+def test_delta_sampling_error_is_reported_against_the_seed_noise_of_deltas():
+  report = verdict.build_report(_records(), FACTS)
+  assert report.delta_sampling_error is None
+  assert "error of a delta (two models on the same windows) was not measured" in (
+      verdict.conclusions(report))
+  a = [1.9, 2.0, 2.1, 2.0, 1.8, 2.2]
+  tiny = [x + 0.001 * (-1) ** i for i, x in enumerate(a)]
+  facts = verdict.SuiteFacts(**{**FACTS.__dict__, "paired_window_losses": {100: (a, tiny)}})
+  report = verdict.build_report(_records(), facts)
+  assert report.delta_sampling_error.kind == "paired windows"
+  assert report.delta_sampling_error.value == pytest.approx(
+      np.std(np.subtract(a, tiny), ddof=1) / math.sqrt(len(a)))
+  assert "x the seed noise of a delta" in verdict.conclusions(report)
+  assert "well below it." in verdict.conclusions(report)
+  big = [x + 0.5 * (-1) ** i for i, x in enumerate(a)]
+  facts = verdict.SuiteFacts(**{**FACTS.__dict__, "paired_window_losses": {100: (a, big)}})
+  text = verdict.conclusions(verdict.build_report(_records(), facts))
+  assert "NOT well below it" in text
+  assert verdict.json_dict(verdict.build_report(_records(), facts))[
+      "delta_eval_sampling_error"]["kind"] == "paired windows"
 
 
 def test_csv_json_and_files(tmp_path):

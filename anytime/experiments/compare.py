@@ -506,15 +506,32 @@ def _tune_and_rerun(config: ml_collections.ConfigDict, workdir: epath.Path) -> N
   checkpoint.write_json(workdir / "timing.json", timing)
   checkpoint.write_json(workdir / "records.json", dict(
       records=[r._asdict() for r in records_of(planned, config)],
-      window_losses=_window_losses(planned)))
+      window_losses=_window_losses(planned),
+      paired_window_losses=_paired_window_losses(planned)))
 
 
 def _window_losses(planned: Sequence[PlannedRun]) -> dict[str, list[float]]:
   """Per-window mean validation losses of one finished run's last checkpoint: the evaluation
   set's own sampling error (their standard error) next to the seed noise in the report."""
   run = next((p for p in planned if p.spec.start is None and batched.finished(p.spec)), None)
-  if run is None:
-    return {}
+  return {} if run is None else {str(run.spec.end_step): _per_window_losses(run)}
+
+
+def _paired_window_losses(planned: Sequence[PlannedRun]) -> dict[str, list[list[float]]]:
+  """Per-window losses of a baseline's and an anytime method's run that end at the same
+  (the longest) step, on the same windows: the evaluation set's error of a delta."""
+  mains = [p for p in planned if p.spec.start is None and p.seed == TUNING_SEED
+           and batched.finished(p.spec)]
+  for anytime in (p for p in mains if p.method not in BASELINES):
+    baseline = next((p for p in mains if p.method in BASELINES
+                     and p.spec.end_step == anytime.spec.end_step), None)
+    if baseline is not None:
+      return {str(anytime.spec.end_step): [_per_window_losses(baseline),
+                                           _per_window_losses(anytime)]}
+  return {}
+
+
+def _per_window_losses(run: PlannedRun) -> list[float]:
   trained = loop.build_run(run.spec.config, run.spec.directory.parent)
   store = checkpoint.CheckpointStore(run.spec.directory, read_only=True)
   state = store.restore(store.latest_step(), trained.abstract_state)
@@ -525,7 +542,7 @@ def _window_losses(planned: Sequence[PlannedRun]) -> dict[str, list[float]]:
       total, count = trained.eval_step(state.params, {k: v[i:i + 1] for k, v in batch.items()})
       if float(count):
         losses.append(float(total) / float(count))
-  return {str(run.spec.end_step): losses}
+  return losses
 
 
 def _initial_grids(s: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
@@ -564,8 +581,12 @@ def write_report(workdir: str) -> verdict.Report:
   config.base.update(ml_collections.ConfigDict(manifest["base"]))
   config.suite.update(manifest["suite"])
   records = [tuning.Record(**r) for r in stored["records"]]
-  facts = dataclasses.replace(_facts(config, workdir), window_losses={
-      int(h): v for h, v in stored.get("window_losses", {}).items() if len(v) > 1})
+  facts = dataclasses.replace(
+      _facts(config, workdir),
+      window_losses={int(h): v for h, v in stored.get("window_losses", {}).items()
+                     if len(v) > 1},
+      paired_window_losses={int(h): (a, b) for h, (a, b)
+                            in stored.get("paired_window_losses", {}).items() if len(a) > 1})
   report = verdict.build_report(records, facts,
                                 families=tuple(config.suite.baselines),
                                 per_horizon_methods=BASELINES)

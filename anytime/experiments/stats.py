@@ -39,7 +39,7 @@ class Delta(NamedTuple):
 class SamplingError(NamedTuple):
   """Standard error of a mean evaluation loss due to the finite evaluation set (nats)."""
   value: float
-  kind: Literal["windows", "tokens"]
+  kind: Literal["windows", "tokens", "paired windows"]
   note: str
 
 
@@ -129,3 +129,23 @@ def window_sampling_error(window_losses: Sequence[float]) -> SamplingError:
     raise ValueError(f"window_losses: need at least 2 windows, got {array.size}")
   return SamplingError(standard_error(array), "windows",
                        "std of per-window mean losses / sqrt(windows)")
+
+
+def paired_window_sampling_error(window_losses_a: Sequence[float],
+                                 window_losses_b: Sequence[float]) -> SamplingError:
+  """The evaluation set's error of a DELTA between two models scored on the same windows:
+  std(ddof=1) of the per-window loss differences / sqrt(windows).
+
+  The windows are the same for every run and seed, so this error is common to all seeds of a
+  delta and not inside its seed standard error; it is what the verdict must be well above.
+  """
+  a = _values(window_losses_a, "window_losses_a")
+  b = _values(window_losses_b, "window_losses_b")
+  if a.size != b.size:
+    raise ValueError(f"window_losses_a and window_losses_b: need the same windows, got "
+                     f"{a.size} and {b.size}")
+  if a.size < 2:
+    raise ValueError(f"window_losses_a: need at least 2 windows, got {a.size}")
+  return SamplingError(standard_error(a - b), "paired windows",
+                       "std of per-window loss differences between two models / "
+                       "sqrt(windows)")

@@ -46,6 +46,10 @@ class SuiteFacts:
   eval_loss_std: Mapping[int, float] = dataclasses.field(default_factory=dict)
   # horizon -> per-window mean losses of one evaluation (the preferred eval error estimate)
   window_losses: Mapping[int, Sequence[float]] = dataclasses.field(default_factory=dict)
+  # horizon -> per-window mean losses of two different models on the same windows: the eval
+  # set's error of a delta
+  paired_window_losses: Mapping[int, tuple[Sequence[float], Sequence[float]]] = (
+      dataclasses.field(default_factory=dict))
 
   def __post_init__(self):
     for name in ("base_steps", "tokens_per_step", "non_embedding_params", "total_params",
@@ -88,6 +92,7 @@ class Report:
   choices: Mapping[Column, Choice]
   curves: Mapping[Column, Mapping[int, Curve]]
   sampling_error: SamplingError | None
+  delta_sampling_error: SamplingError | None  # the eval set's error of a delta (paired)
   include_tuning_seed: bool
   threshold: float  # a delta within this many standard errors is a tie
 
@@ -124,7 +129,7 @@ def build_report(records: Sequence[Record], facts: SuiteFacts, *,
                     cells))
   curves = tuning.tuning_curves(records, tuning_seed=facts.tuning_seed)
   return Report(facts, tuple(rows), columns, choices, curves, sampling_error(facts),
-                include_tuning_seed, threshold)
+                delta_sampling_error(facts), include_tuning_seed, threshold)
 
 
 def _seeds(losses: Mapping[int, float], tuning_seed: int, include: bool) -> dict[int, float]:
@@ -152,6 +157,14 @@ def sampling_error(facts: SuiteFacts) -> SamplingError | None:
   if facts.eval_loss_std:
     return stats.token_sampling_error(max(facts.eval_loss_std.values()), facts.eval_tokens)
   return None
+
+
+def delta_sampling_error(facts: SuiteFacts) -> SamplingError | None:
+  """The largest eval-set error of a delta (two models, same windows) over horizons."""
+  if not facts.paired_window_losses:
+    return None
+  return max((stats.paired_window_sampling_error(a, b)
+              for a, b in facts.paired_window_losses.values()), key=lambda e: e.value)
 
 
 # ------------------------------------------------------------------------------ text
@@ -285,6 +298,9 @@ def conclusions(report: Report) -> str:
     text.append(f"The same configuration's loss varies by {statistics.median(noise):.4f} "
                 "nats between seeds (std of the envelope, median over horizons).")
   text.append(_sampling_sentence(report.sampling_error, noise))
+  delta_noise = [cell.delta.se * math.sqrt(cell.delta.num_seeds) for cell in cells
+                 if math.isfinite(cell.delta.se) and cell.delta.se > 0]
+  text.append(_delta_sampling_sentence(report.delta_sampling_error, delta_noise))
   paired = sum(cell.delta.paired for cell in cells)
   text.append(f"Of {len(cells)} deltas to the envelope, {counts['tie']} are ties, "
               f"{counts['win']} wins and {counts['loss']} losses; {paired} are paired over "
@@ -313,6 +329,21 @@ def _sampling_sentence(error: SamplingError | None, noise: Sequence[float]) -> s
              "evaluation set to shrink it)")
   return (text + f", {ratio:.2f}x the seed noise: {verdict}. Every column is evaluated on the "
           "same windows, so this error largely cancels in the deltas to the envelope.")
+
+
+def _delta_sampling_sentence(error: SamplingError | None, noise: Sequence[float]) -> str:
+  if error is None:
+    return ("The evaluation set's error of a delta (two models on the same windows) was not "
+            "measured.")
+  text = (f"Evaluation-set error of a delta: {error.value:.4f} nats ({error.note}; the windows "
+          "are the same for every seed, so the seed standard errors do not contain it)")
+  if not noise:
+    return text + "."
+  ratio = error.value / statistics.median(noise)
+  return text + (f", {ratio:.2f}x the seed noise of a delta (std over seeds, median "
+                 f"{statistics.median(noise):.4f}): "
+                 + ("well below it." if ratio < 0.3 else
+                    "NOT well below it: enlarge the evaluation set before trusting a verdict."))
 
 
 # ------------------------------------------------------------------------------ CSV / JSON
@@ -366,6 +397,8 @@ def json_dict(report: Report) -> dict[str, Any]:
       rows=[{k: _json_safe(v) for k, v in r.items()} for r in long_rows(report)],
       lr_curves=curves,
       eval_sampling_error=None if error is None else error._asdict(),
+      delta_eval_sampling_error=(None if report.delta_sampling_error is None
+                                 else report.delta_sampling_error._asdict()),
       conclusions=conclusions(report))
 
 

@@ -1,0 +1,26 @@
+"""``compare_shared_corpus.py`` at 1.7x the parameters: 68k non-embedding, 1x = 1360 steps.
+
+    python -m anytime.main compare --config configs/compare_shared_corpus_68k.py \
+        --workdir /tmp/anytime_shared_68k
+
+Byte-level 2-layer d=48 transformer (67.9k non-embedding parameters) on the same text, the same
+protocol and 3 seeds. Base horizon T = 1360 steps of 16 x 64 tokens = 1.39M tokens = 20.5
+tokens per non-embedding parameter; horizons 1x, 2x, 4x. About two hours on a 2-core CPU; the
+command resumes where it stopped.
+"""
+
+from configs import compare_shared_corpus
+
+
+def get_config():
+  config = compare_shared_corpus.get_config()
+  base, suite = config.base, config.suite
+  base.model.d_model = 48
+  base.model.mlp_dim = 192
+  base.train.log_every = 680
+  suite.base_steps = 1360
+  suite.warmup_steps = 68
+  suite.lr_centre = 6e-3
+  suite.inverse_sqrt_offset = 272.0  # 4x the warmup, as in the seed paper
+  suite.lawa_every = 136
+  return config
