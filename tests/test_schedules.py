@@ -55,6 +55,20 @@ def test_linear_closed_form():
   np.testing.assert_allclose(v, expected, rtol=1e-5, atol=1e-7)
 
 
+
+def test_linear_decay_to_zero_with_warmup_closed_form():
+  """D2Z (Bergsma et al. 2025): linear warmup, then linear to exactly 0 at the horizon."""
+  peak, total, warmup, init = 3e-3, 300, 30, 0.1
+  v = values(schedules.linear(peak, total_steps=total, warmup_steps=warmup,
+                              warmup_init_fraction=init))
+  expected = np.where(
+      STEPS < warmup, peak * (init + (1 - init) * STEPS / warmup),
+      np.where(STEPS < total, peak * (1 - (STEPS - warmup) / (total - warmup)), 0.0))
+  np.testing.assert_allclose(v, expected, rtol=1e-5, atol=1e-9)
+  assert v[warmup] == pytest.approx(peak, rel=1e-6)
+  assert abs(v[total]) < 1e-6 * peak and abs(v[-1]) < 1e-6 * peak  # zero up to float32 rounding
+  assert np.all(np.diff(v[warmup:total + 1]) < 0)
+
 SHAPE_FORMS = {
     "linear": lambda p, f: f + (1 - f) * (1 - p),
     "1-sqrt": lambda p, f: f + (1 - f) * (1 - np.sqrt(p)),

@@ -2,9 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from anytime.experiments import tuning
+from anytime import schedules
+from anytime.experiments import compare, tuning
 from anytime.experiments.tuning import Column, Curve, Record
 
 SQRT2 = 2 ** 0.5
@@ -117,3 +119,20 @@ def test_envelope_picks_family_on_tuning_seed_and_keeps_its_seed_losses():
   assert env[200].family == "d2z"
   with pytest.raises(ValueError, match="families"):
     tuning.envelope(records, choices, families=("cosine_zero",))
+
+
+@pytest.mark.parametrize("method, name, final", [
+    ("cosine", "cosine", 0.1), ("d2z", "linear", 0.0), ("cosine_zero", "cosine", 0.0)])
+def test_suite_baselines_are_the_schedules_they_name(method, name, final):
+  """The suite's baselines: cosine to 10% of peak, linear decay to zero, cosine to zero."""
+  s = compare.default_suite()
+  spec = compare._schedule(method, 4e-3, 200, s)
+  assert (spec["name"], spec["final_fraction"]) == (name, final)
+  built = schedules.from_config(dict(spec))
+  reference = getattr(schedules, name)(4e-3, total_steps=200, final_fraction=final,
+                                       warmup_steps=s.warmup_steps,
+                                       warmup_init_fraction=s.warmup_init_fraction)
+  steps = np.arange(0, 240)
+  got = np.array([float(built(int(t))) for t in steps])
+  np.testing.assert_allclose(got, [float(reference(int(t))) for t in steps], rtol=1e-6)
+  assert got[200] == pytest.approx(final * 4e-3, abs=1e-9)
