@@ -3,8 +3,8 @@
     python -m anytime.main compare --config configs/compare_shared_corpus_68k.py \
         --workdir /tmp/anytime_shared_68k
 
-Byte-level 2-layer d=48 transformer (67.9k non-embedding parameters) on the same text, the same
-protocol and 3 seeds. Base horizon T = 1360 steps of 16 x 64 tokens = 1.39M tokens = 20.5
+Byte-level 2-layer d=48 transformer (68.3k non-embedding parameters) on the same text, the same
+protocol and 3 seeds. Base horizon T = 1360 steps of 16 x 64 tokens = 1.39M tokens = 20.4
 tokens per non-embedding parameter; horizons 1x, 2x, 4x. About two hours on a 2-core CPU; the
 command resumes where it stopped.
 """
