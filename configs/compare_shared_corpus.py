@@ -4,9 +4,10 @@
         --workdir /tmp/anytime_shared
 
 Byte-level 2-layer d=36 transformer (40.9k non-embedding parameters, output projection
-included) on Shakespeare, the King James Bible and Milton (../shared/data/text: 9.0M training bytes; validation = 4 held-back
-plays and 6 held-back books). Base horizon T = 800 steps of 16 x 64 tokens = 819k tokens =
-20.0 tokens per non-embedding parameter (1x Chinchilla); horizons 1x, 2x, 4x (under one epoch).
+included) on Shakespeare, the King James Bible and Milton (../shared/data/text: 9.0M training
+bytes; validation = 4 held-back plays and 6 held-back books). Base horizon T = 800 steps of
+16 x 64 tokens = 819k tokens = 20.0 tokens per non-embedding parameter (1x Chinchilla); horizons
+1x, 2x, 4x (under one epoch).
 The quickstart's tuning protocol (√2-spaced LR grid extended at its edges; baselines tuned per
 horizon, anytime methods with one LR for all horizons; 3 seeds). Evaluation: 16 batches of 128
 windows (131k validation tokens). About an hour on an idle 2-core CPU; the command resumes

@@ -49,25 +49,19 @@ def test_cosine_matches_optax_warmup_cosine():
   assert ours[300] == pytest.approx(0.1, rel=1e-6) and ours[399] == pytest.approx(0.1, rel=1e-6)
 
 
-def test_linear_closed_form():
-  v = values(schedules.linear(1.0, total_steps=200, final_fraction=0.2))
-  expected = np.where(STEPS < 200, 1 - 0.8 * STEPS / 200, 0.2)
-  np.testing.assert_allclose(v, expected, rtol=1e-5, atol=1e-7)
-
-
-
-def test_linear_decay_to_zero_with_warmup_closed_form():
-  """D2Z (Bergsma et al. 2025): linear warmup, then linear to exactly 0 at the horizon."""
-  peak, total, warmup, init = 3e-3, 300, 30, 0.1
-  v = values(schedules.linear(peak, total_steps=total, warmup_steps=warmup,
-                              warmup_init_fraction=init))
-  expected = np.where(
-      STEPS < warmup, peak * (init + (1 - init) * STEPS / warmup),
-      np.where(STEPS < total, peak * (1 - (STEPS - warmup) / (total - warmup)), 0.0))
-  np.testing.assert_allclose(v, expected, rtol=1e-5, atol=1e-9)
-  assert v[warmup] == pytest.approx(peak, rel=1e-6)
-  assert abs(v[total]) < 1e-6 * peak and abs(v[-1]) < 1e-6 * peak  # zero up to float32 rounding
+@pytest.mark.parametrize("final, warmup, init", [(0.2, 0, 0.0), (0.0, 30, 0.1)])
+def test_linear_closed_form(final, warmup, init):
+  """Linear warmup, then linear to ``final`` x peak at the horizon; (0, 30, 0.1) is D2Z."""
+  peak, total = 3e-3, 300
+  v = values(schedules.linear(peak, total_steps=total, final_fraction=final,
+                              warmup_steps=warmup, warmup_init_fraction=init))
+  body = 1 - (1 - final) * (STEPS - warmup) / (total - warmup)
+  warm = init + (1 - init) * STEPS / max(warmup, 1)
+  expected = peak * np.where(STEPS < warmup, warm, np.where(STEPS < total, body, final))
+  np.testing.assert_allclose(v, expected, rtol=1e-5, atol=1e-6 * peak)
   assert np.all(np.diff(v[warmup:total + 1]) < 0)
+  assert abs(v[total] - final * peak) < 1e-6 * peak  # exactly final (0 for D2Z) up to float32
+
 
 SHAPE_FORMS = {
     "linear": lambda p, f: f + (1 - f) * (1 - p),

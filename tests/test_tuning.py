@@ -121,18 +121,17 @@ def test_envelope_picks_family_on_tuning_seed_and_keeps_its_seed_losses():
     tuning.envelope(records, choices, families=("cosine_zero",))
 
 
-@pytest.mark.parametrize("method, name, final", [
-    ("cosine", "cosine", 0.1), ("d2z", "linear", 0.0), ("cosine_zero", "cosine", 0.0)])
-def test_suite_baselines_are_the_schedules_they_name(method, name, final):
-  """The suite's baselines: cosine to 10% of peak, linear decay to zero, cosine to zero."""
+@pytest.mark.parametrize("method, final, body", [
+    ("cosine", 0.1, lambda p: 0.5 * (1 + np.cos(np.pi * p))),
+    ("d2z", 0.0, lambda p: 1 - p),
+    ("cosine_zero", 0.0, lambda p: 0.5 * (1 + np.cos(np.pi * p)))])
+def test_suite_baselines_are_the_schedules_they_name(method, final, body):
+  """cosine to 10% of peak, linear decay to zero, cosine to zero: values against closed forms."""
   s = compare.default_suite()
-  spec = compare._schedule(method, 4e-3, 200, s)
-  assert (spec["name"], spec["final_fraction"]) == (name, final)
-  built = schedules.from_config(dict(spec))
-  reference = getattr(schedules, name)(4e-3, total_steps=200, final_fraction=final,
-                                       warmup_steps=s.warmup_steps,
-                                       warmup_init_fraction=s.warmup_init_fraction)
+  peak, horizon, warmup, init = 4e-3, 200, s.warmup_steps, s.warmup_init_fraction
   steps = np.arange(0, 240)
-  got = np.array([float(built(int(t))) for t in steps])
-  np.testing.assert_allclose(got, [float(reference(int(t))) for t in steps], rtol=1e-6)
-  assert got[200] == pytest.approx(final * 4e-3, abs=1e-9)
+  got = np.asarray(schedules.from_config(compare._schedule(method, peak, horizon, s))(steps))
+  p = np.clip((steps - warmup) / (horizon - warmup), 0.0, 1.0)
+  expected = peak * np.where(steps < warmup, init + (1 - init) * steps / warmup,
+                             final + (1 - final) * body(p))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * peak)
