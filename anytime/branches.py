@@ -19,8 +19,7 @@ from etils import epath
 
 from anytime import checkpoint, loop, naming, schedules
 from anytime import config as config_lib
-
-LINEAGE = "lineage.json"
+from anytime import workdir as workdir_lib
 
 
 class PlannedBranch(NamedTuple):
@@ -56,7 +55,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   def take_branches(step, state, train_iter):
     for p in plan:
-      if p.branch_step == step and not branch_finished(workdir, p.name):
+      if p.branch_step == step and not workdir_lib.branch_finished(workdir, p.name):
         run_branch_from_state(config, workdir, state, train_iter, **p._asdict())
 
   def hook(step, state, train_iter):
@@ -73,11 +72,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                  hook_steps=frozenset(p.branch_step for p in plan),
                                  on_restore=on_restore if plan else None,
                                  start_over=start_over)
-
-
-def branch_finished(workdir: str | epath.Path, name: str) -> bool:
-  record = checkpoint.read_json(checkpoint.branch_dir(workdir, name) / LINEAGE)
-  return bool(record and record.get("finished"))
 
 
 def _branch_schedule(config: ml_collections.ConfigDict, branch_step: int, cooldown_steps: int,
@@ -109,15 +103,15 @@ def run_branch_from_state(config: ml_collections.ConfigDict, workdir: str | epat
   The main state and iterator are copied, never consumed, so the main run goes on unchanged.
   ``branch_run``: the run already built with the branch's schedule, if the caller has one.
   """
-  directory = checkpoint.branch_dir(workdir, name)
+  directory = workdir_lib.branch_dir(workdir, name)
   schedule = _branch_schedule(config, branch_step, cooldown_steps, shape, final_fraction)
   run = branch_run or loop.build_run(config, workdir, schedule_override=schedule)
   state = jax.tree.map(jnp.copy, state)
   iterator = _copy_iterator(run, train_iter)
-  lineage = dict(parent="main", parent_step=branch_step, cooldown_steps=cooldown_steps,
-                 shape=shape, final_fraction=final_fraction, end_step=branch_step + cooldown_steps,
-                 config_hash=checkpoint.config_hash(json.loads(config.to_json_best_effort())),
-                 schedule=schedule, finished=False)
+  lineage = workdir_lib.branch_lineage(
+      parent_step=branch_step, cooldown_steps=cooldown_steps, shape=shape,
+      final_fraction=final_fraction, schedule=schedule, finished=False,
+      config_hash=checkpoint.config_hash(json.loads(config.to_json_best_effort())))
   checkpoint.check_writable(directory, field=f"branch {name}")
   with checkpoint.DirectoryLock(directory):  # one writer per branch directory
     return _run_branch_locked(config, run, state, iterator, directory, lineage, name,
@@ -125,7 +119,7 @@ def run_branch_from_state(config: ml_collections.ConfigDict, workdir: str | epat
 
 
 def _run_branch_locked(config, run, state, iterator, directory, lineage, name, end_step):
-  checkpoint.write_json(directory / LINEAGE, lineage)
+  workdir_lib.write_lineage(directory, lineage)
   # An unfinished branch (interrupted) is redone from the main state: its stale checkpoints
   # would make the save of the same step fail.
   if jax.process_index() == 0 and directory.exists():
@@ -144,7 +138,7 @@ def _run_branch_locked(config, run, state, iterator, directory, lineage, name, e
   finally:
     store.close()
     writer.close()
-  checkpoint.write_json(directory / LINEAGE, {**lineage, "finished": True})
+  workdir_lib.write_lineage(directory, {**lineage, "finished": True})
   return state
 
 
@@ -161,8 +155,8 @@ def branch(workdir: str, *, from_step: int, cooldown_steps: int, shape: str = "l
   if mode not in ("wsd", "wsd_s"):
     raise ValueError(f"--mode must be 'wsd' or 'wsd_s', got {mode!r}")
   if name:
-    checkpoint.check_branch_name(name)  # before any file is read or written
-  main_directory = checkpoint.main_dir(workdir)
+    workdir_lib.check_branch_name(name)  # before any file is read or written
+  main_directory = workdir_lib.main_dir(workdir)
   if mode == "wsd_s":  # main adopts the branch's state: nobody else may train main meanwhile
     with checkpoint.DirectoryLock(main_directory):
       return _branch(workdir, main_directory, from_step, cooldown_steps, shape, final_fraction,
@@ -184,7 +178,7 @@ def _branch(workdir, main_directory, from_step, cooldown_steps, shape, final_fra
     raise ValueError(f"--mode wsd_s needs the main branch paused at --from-step {from_step}, "
                      f"but it has checkpoints up to step {steps[-1]}")
   name = name or naming.branch_name(shape, from_step + cooldown_steps)
-  if branch_finished(workdir, name):
+  if workdir_lib.branch_finished(workdir, name):
     raise ValueError(f"branch {name!r} already exists in {workdir}; pick another --name")
   schedule = _branch_schedule(config, from_step, cooldown_steps, shape, final_fraction)
   run = loop.build_run(config, workdir, schedule_override=schedule)
@@ -201,14 +195,14 @@ def _branch(workdir, main_directory, from_step, cooldown_steps, shape, final_fra
                                        keep_period=config.train.keep_period,
                                        keep_steps=[end] + [p.branch_step for p in
                                                            planned_branches(config)])
-    branch_store = checkpoint.CheckpointStore(checkpoint.branch_dir(workdir, name),
+    branch_store = checkpoint.CheckpointStore(workdir_lib.branch_dir(workdir, name),
                                               read_only=True)
     iterator = run.make_train_iterator()
     state = branch_store.restore(end, run.abstract_state, iterator)
     branch_store.close()
     store.save(end, state, iterator)
     store.close()
-    history = checkpoint.read_json(main_directory / LINEAGE) or {"adopted": []}
+    history = workdir_lib.read_lineage(main_directory) or {"adopted": []}
     history["adopted"].append(dict(branch=name, from_step=from_step, at_step=end))
-    checkpoint.write_json(main_directory / LINEAGE, history)
-  return loop.last_evaluation(checkpoint.branch_dir(workdir, name))
+    workdir_lib.write_lineage(main_directory, history)
+  return loop.last_evaluation(workdir_lib.branch_dir(workdir, name))

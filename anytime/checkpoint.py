@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import threading
@@ -36,8 +35,6 @@ from etils import epath
 
 import grain
 
-MAIN = "main"
-BRANCHES = "branches"
 LOCK_FILE = ".lock"
 # Written next to every checkpoint directory's steps; a restore refuses another format.
 FORMAT_FILE = "checkpoint_format.json"
@@ -45,28 +42,6 @@ FORMAT_VERSION = 1
 # Steps retention must keep whatever the other rules say (e.g. the last state before a NaN
 # streak), recorded so that they stay kept after a resume.
 PROTECTED_FILE = "protected_steps.json"
-
-
-def main_dir(workdir: str | epath.Path) -> epath.Path:
-  return epath.Path(workdir) / MAIN
-
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def check_branch_name(name: str) -> str:
-  """A branch name is one safe path component: it can only ever name a folder directly below
-  ``workdir/branches/`` (no ``/``, ``..``, leading dot or dash, at most 100 characters)."""
-  if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
-    raise ValueError(f"branch name (--name) must be letters, digits, '.', '_' or '-' (one folder "
-                     f"name under WORKDIR/branches/, not starting with '.' or '-', no '..', "
-                     f"at most 100 characters), got {name!r}")
-  return name
-
-
-def branch_dir(workdir: str | epath.Path, name: str) -> epath.Path:
-  """``workdir/branches/<name>``; ValueError for a name that is not one safe path component."""
-  return epath.Path(workdir) / BRANCHES / check_branch_name(name)
 
 
 def config_hash(config_dict: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ import ml_collections
 from etils import epath
 
 from anytime import checkpoint, optimizers, parallel, posthoc
+from anytime import workdir as workdir_lib
 from anytime.lm import data as data_lib
 from anytime.lm import model as model_lib
 
@@ -148,8 +149,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def stored_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
   """The resolved config a workdir's main branch was trained with."""
-  directory = checkpoint.main_dir(workdir)
-  stored = checkpoint.read_json(directory / "config.json")
+  directory = workdir_lib.main_dir(workdir)
+  stored = checkpoint.read_json(workdir_lib.config_file(directory))
   if stored is None:
     raise FileNotFoundError(f"--workdir {workdir} holds no main branch (no {directory}/"
                             "config.json); train it first")

@@ -1,232 +1,50 @@
-"""The training loop of one run: ``Run`` (mesh, model, optimizer, jitted steps, built once from a
-validated config), ``run_loop`` (steps, evaluations, metrics, checkpoints), resume, and
-``train_and_evaluate``.
+"""The one host loop: N >= 1 members trained by one compiled program.
 
-The loop evaluates the raw params and every average held in the optimizer state (and
-Schedule-Free's evaluation point), writes metrics (JSONL + TensorBoard, fetched one step late so
-dispatch stays asynchronous), and checkpoints through Orbax. It knows nothing about decay
-branches or suites: callers pass host hooks (``anytime.branches`` takes its branches there).
+N = 1 is a single run sharded over its mesh (``SingleProgram``); N > 1 is a batched group whose
+states are stacked on a run axis (``anytime.batched.StackedProgram``). Per member the loop keeps
+its schedule, data iterator, checkpoint store, metrics writer, bad-step guard and post-hoc
+snapshots; the cadence of evaluations and checkpoints, resume, SIGTERM / Ctrl-C and bad steps
+behave the same for a single run and for every member of a group:
+
+- metrics are fetched from the device one step late, so dispatch stays asynchronous;
+- every evaluation scores the raw params and every average held in the optimizer state (and
+  Schedule-Free's point); at a member's ``window_steps`` its per-window loss sums are kept in
+  ``eval_windows.json`` (the evaluation set's own error of a delta);
+- a non-finite update is never applied; the member's ``BadStepGuard`` stops or skips it. A
+  member that must stop is *set aside* when the caller asks (a suite: its later evaluations are
+  NaN, the other members go on), else the error ends the run;
+- SIGTERM or Ctrl-C: every member saves its current step, one line says how to resume, and the
+  process exits with status 0. Re-running the same command resumes exactly.
+
+``train_and_evaluate`` is the single-run entry (``anytime.main train``); ``run_loop`` trains one
+in-memory state (decay branches, tests).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import signal
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from etils import epath
 
-from anytime import averaging, checkpoint, naming, optimizers, parallel, posthoc
+from anytime import averaging, checkpoint, naming, parallel, posthoc
 from anytime import config as config_lib
+from anytime import workdir as workdir_lib
 from anytime.guard import BadStepGuard, TrainingError  # TrainingError: part of loop's API
 from anytime.lm import data as data_lib
-from anytime.lm import model as model_lib
+from anytime.program import (PEAK_FLOPS, LearningRates, Run, TrainState, build_run,  # noqa: F401
+                             cross_entropy, learning_rate_table, peak_flops)
 
-# Peak dense bf16 FLOP/s per device, for MFU (vendor figures).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
-              "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12}
-
-
-
-class TrainState(NamedTuple):
-  step: jax.Array  # int32 []
-  params: Any  # nested dict of float32 arrays
-  opt_state: Any
-  rng: jax.Array  # uint32 [2] raw key data (kept for stochastic extensions; saved and restored)
-
-
-# ---------------------------------------------------------------------------- the run
-
-
-def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
-                  weights_BxL: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """(sum of token losses, sum of weights), in float32."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
-  if weights_BxL is None:
-    weights_BxL = jnp.ones_like(losses)
-  return jnp.sum(losses * weights_BxL), jnp.sum(weights_BxL)
-
-
-@dataclasses.dataclass
-class Run:
-  """Everything a loop needs, built once from a config."""
-
-  config: ml_collections.ConfigDict
-  mesh: Any
-  rules: tuple
-  tokenizer: Any
-  model_config: model_lib.ModelConfig
-  schedule: optax.Schedule
-  abstract_state: TrainState  # ShapeDtypeStructs with shardings
-  state_shardings: TrainState
-  init_state: Callable[[], TrainState]
-  train_step: Callable[[TrainState, dict, np.float32], tuple[TrainState, dict]]
-  eval_step: Callable[[Any, dict], tuple[jax.Array, jax.Array]]
-  eval_batches: list[dict]
-  flops_per_token: float
-  # The same computations, pure and unjitted (anytime.batched vmaps them over runs):
-  init_fn: Callable[[jax.Array], TrainState]  # seed -> state
-  step_fn: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]  # (state, batch, lr)
-  eval_fn: Callable[[Any, dict], tuple[jax.Array, jax.Array]]  # -> (loss sum, token count)
-  # Tokenized splits, kept for every iterator this run makes (resume, branches, batched runs).
-  streams: data_lib.StreamCache = dataclasses.field(default_factory=data_lib.StreamCache)
-  _learning_rates: np.ndarray = dataclasses.field(
-      default_factory=lambda: np.zeros([0], np.float32))
-
-  def learning_rate(self, step: int) -> np.float32:
-    """The schedule's value at ``step``, from a table evaluated on the host in chunks.
-
-    The jitted step takes the learning rate as an input, so one compiled step serves every
-    schedule (runs that differ only in their schedule share one program).
-    """
-    table = self._learning_rates
-    if step >= len(table):
-      end = max(step + 1, 2 * len(table), 1024)
-      table = learning_rate_table(self.schedule, len(table), end)
-      self._learning_rates = np.concatenate([self._learning_rates, table])
-    return self._learning_rates[step]
-
-  def make_train_iterator(self):
-    t = self.config.train
-    return data_lib.make_train_iterator(
-        self.config.data, self.tokenizer, seq_len=t.seq_len, global_batch_size=t.batch_size,
-        seed=self.config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), streams=self.streams)
-
-  def validation_loss(self, params) -> float:
-    """Mean validation loss (nats/token) of one set of params."""
-    totals = [self.eval_step(params, batch) for batch in self.eval_batches]  # all dispatched
-    return sum(float(a) for a, _ in totals) / max(sum(float(b) for _, b in totals), 1.0)
-
-  def evaluate(self, state: TrainState) -> dict[str, float]:
-    """Validation loss of the raw params and of every average, keyed ``eval_loss/<name>``."""
-    candidates = averaging.eval_params(state.opt_state, state.params)
-    return {naming.eval_key(name): self.validation_loss(params)
-            for name, params in candidates.items()}
-
-
-def build_run(config: ml_collections.ConfigDict, workdir: str | epath.Path,
-              schedule_override: Mapping[str, Any] | None = None, *,
-              constrain_activations: bool = True) -> Run:
-  """Builds mesh, tokenizer, model, optimizer and jitted steps. No training happens here.
-
-  ``config`` must have passed ``start`` (the entry points validate once, at the boundary).
-  ``schedule_override`` replaces ``optimizer.schedule`` (decay branches use it).
-  ``constrain_activations=False`` leaves the activations' sharding to the compiler (runs
-  vmapped and sharded over devices by ``anytime.batched``, each on one device).
-  """
-  devices = jax.devices()[:config.parallel.num_devices or None]
-  mesh = parallel.make_mesh(config.parallel.mesh, devices)
-  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-                for name, axes in config.parallel.rules)
-  t = config.train
-  tokenizer = data_lib.build_tokenizer(config.data, str(checkpoint.main_dir(workdir)))
-  model_dict = config.model.to_dict()
-  if not model_dict["vocab_size"]:
-    model_dict["vocab_size"] = tokenizer.padded_vocab_size(t.vocab_multiple)
-  elif model_dict["vocab_size"] < tokenizer.vocab_size:
-    raise ValueError(f"model.vocab_size ({model_dict['vocab_size']}) is smaller than the "
-                     f"tokenizer's vocabulary ({tokenizer.vocab_size})")
-  model_config = model_lib.ModelConfig(**model_dict)
-  opt_config = config.optimizer
-  if schedule_override is not None:
-    opt_config = ml_collections.ConfigDict(config.optimizer.to_dict())
-    opt_config.schedule = ml_collections.ConfigDict(dict(schedule_override))
-  tx, schedule = optimizers.build(opt_config, config_lib.posthoc_tracking(config),
-                                  learning_rate_in_state=True)
-
-  graphdef = model_lib.graphdef(model_config)
-  axes = model_lib.logical_axes(model_config)
-  activation_rules = ((lambda: parallel.activation_rules(mesh, rules)) if constrain_activations
-                      else contextlib.nullcontext)
-
-  def init_params(seed):
-    return model_lib.init(model_config, jax.random.key(seed))[1]
-
-  seed = np.uint32(config.seed)
-  abstract_params = jax.eval_shape(init_params, seed)
-  param_shardings = parallel.tree_shardings(abstract_params, axes, mesh, rules)
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt_shardings = parallel.opt_state_shardings(tx, abstract_opt, param_shardings, mesh)
-  replicated = parallel.replicated(mesh)
-  state_shardings = TrainState(replicated, param_shardings, opt_shardings, replicated)
-
-  def init_fn(seed):
-    params = init_params(seed)
-    return TrainState(jnp.zeros([], jnp.int32), params, tx.init(params),
-                      jax.random.key_data(jax.random.key(seed + 1)))
-
-  init_jit = jax.jit(init_fn, out_shardings=state_shardings)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      jax.eval_shape(init_fn, seed), state_shardings)
-
-  def loss_fn(params, batch):
-    logits = model_lib.apply(graphdef, params, batch["inputs"])
-    total, count = cross_entropy(logits, batch["targets"], batch.get("weights"))
-    return total / jnp.maximum(count, 1.0)
-
-  def train_step(state: TrainState, batch: dict, lr: jax.Array) -> tuple[TrainState, dict]:
-    with activation_rules():
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-    opt_state = optimizers.set_learning_rate(state.opt_state, lr)
-    updates, opt_state = tx.update(grads, opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = TrainState(state.step + 1, keep(params, state.params),
-                           keep(opt_state, state.opt_state), state.rng)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "finite": finite}
-    return new_state, metrics
-
-  train_step_jit = jax.jit(train_step, in_shardings=(state_shardings, None, replicated),
-                           out_shardings=(state_shardings, replicated), donate_argnums=0)
-
-  def eval_step(params, batch):
-    with activation_rules():
-      logits = model_lib.apply(graphdef, params, batch["inputs"])
-    return cross_entropy(logits, batch["targets"], batch["weights"])
-
-  eval_step_jit = jax.jit(eval_step)
-  eval_batch_size = t.eval_batch_size or t.batch_size
-  streams = data_lib.StreamCache()
-  local_eval = data_lib.make_eval_batches(
-      config.data, tokenizer, seq_len=t.seq_len, batch_size=eval_batch_size,
-      num_batches=t.eval_batches, process_index=jax.process_index(),
-      process_count=jax.process_count(), streams=streams)
-  eval_batches = [parallel.global_batch(b, mesh, rules) for b in local_eval]
-
-  def sharded_train_step(state, local_batch, lr):
-    return train_step_jit(state, parallel.global_batch(local_batch, mesh, rules), lr)
-
-  return Run(config=config, mesh=mesh, rules=rules, tokenizer=tokenizer,
-             model_config=model_config, schedule=schedule,
-             abstract_state=abstract_state, state_shardings=state_shardings,
-             init_state=lambda: init_jit(seed), train_step=sharded_train_step, streams=streams,
-             eval_step=eval_step_jit, eval_batches=eval_batches,
-             flops_per_token=model_lib.flops_per_token(model_config, t.seq_len),
-             init_fn=init_fn, step_fn=train_step, eval_fn=eval_step)
-
-
-def learning_rate_table(schedule: optax.Schedule, start: int, end: int) -> np.ndarray:
-  """``schedule(step)`` for ``start <= step < end`` as float32, evaluated on the host.
-
-  Not jitted: every schedule is a new closure, so a jit would compile once per run; op by op,
-  the few primitives a schedule uses are compiled once per shape for all runs.
-  """
-  steps = jnp.arange(start, end, dtype=jnp.int32)
-  return np.asarray(jax.vmap(schedule)(steps), np.float32)
+Hook = Callable[[int, TrainState, Any], TrainState]
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -237,7 +55,7 @@ class MetricsWriter:
 
   def __init__(self, directory: epath.Path, *, truncate_after: int | None = None):
     self.enabled = jax.process_index() == 0
-    self.path = directory / "metrics.jsonl"
+    self.path = workdir_lib.metrics_file(directory)
     self.tb = None
     if not self.enabled:
       return
@@ -250,12 +68,12 @@ class MetricsWriter:
     elif truncate_after is None and self.path.exists():
       # A fresh start over an earlier attempt's log: set it aside, never delete it.
       k = 0
-      while (directory / f"metrics.jsonl.previous-{k}").exists():
+      while (directory / f"{self.path.name}.previous-{k}").exists():
         k += 1
-      self.path.rename(directory / f"metrics.jsonl.previous-{k}")
+      self.path.rename(directory / f"{self.path.name}.previous-{k}")
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
-    self.tb = SummaryWriter(str(directory / "tensorboard"))
+    self.tb = SummaryWriter(str(workdir_lib.tensorboard_dir(directory)))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -278,43 +96,84 @@ def _plain(value):
 
 
 def read_metrics(directory: str | epath.Path) -> list[dict[str, Any]]:
-  path = epath.Path(directory) / "metrics.jsonl"
+  path = workdir_lib.metrics_file(directory)
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def peak_flops(config: ml_collections.ConfigDict) -> float:
-  if config.train.peak_flops_per_device:
-    return float(config.train.peak_flops_per_device)
-  kind = jax.devices()[0].device_kind
-  return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), 0.0)
+def last_evaluation(directory: str | epath.Path) -> dict[str, Any]:
+  """The last evaluation record of a run or branch directory ({} if none)."""
+  evals = [m for m in read_metrics(directory) if naming.is_eval_record(m)]
+  return evals[-1] if evals else {}
 
 
-# ---------------------------------------------------------------------------- the loop
+def read_eval_windows(directory: str | epath.Path) -> dict[int, dict[str, Any]]:
+  """``{step: {"counts": [...], "sums": {candidate: [...]}}}`` of a run directory."""
+  stored = checkpoint.read_json(workdir_lib.eval_windows_file(directory)) or {}
+  return {int(step): value for step, value in stored.items()}
+
+
+def _write_eval_windows(directory: epath.Path, step: int, counts: np.ndarray,
+                        sums: Mapping[str, np.ndarray]) -> None:
+  stored = {str(k): v for k, v in read_eval_windows(directory).items() if k < step}
+  stored[str(step)] = dict(counts=[float(c) for c in counts],
+                           sums={name: [float(x) for x in v] for name, v in sums.items()})
+  checkpoint.write_json(workdir_lib.eval_windows_file(directory), stored)
+
+
+# ---------------------------------------------------------------------------- preemption
 
 
 class _Preemption:
-  """Turns SIGTERM (what a preempted VM gets) into a flag the loop checks every step."""
+  """SIGTERM (what a preempted VM gets) and SIGINT (Ctrl-C) become a flag that the loop checks
+  every step (and a suite between its units). Installed once however deeply nested; a second
+  Ctrl-C interrupts at once."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested: str | None = None  # "SIGTERM" / "SIGINT" once asked
+    self._depth = 0
+    self._previous: dict[int, Any] = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-      self._previous = None
+    if self._depth == 0:
+      self.requested = None
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+          self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+          pass
+    self._depth += 1
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.requested == "SIGINT":
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    self._depth -= 1
+    if self._depth == 0:
+      for sig, previous in self._previous.items():
+        signal.signal(sig, previous)
+      self._previous.clear()
+
+
+PREEMPTION = _Preemption()
+
+
+def preemption() -> _Preemption:
+  """The process's preemption flag as a context manager (``with loop.preemption() as p``)."""
+  return PREEMPTION
+
+
+def exit_if_preempted(what: str) -> None:
+  """Outside the loop (e.g. between a suite's units): exit 0 with one line if asked to stop."""
+  if PREEMPTION.requested:
+    print(f"{PREEMPTION.requested}: stopped {what}; re-run the same command to resume.",
+          flush=True)
+    raise SystemExit(0)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -323,118 +182,393 @@ def _format_seconds(seconds: float) -> str:
       f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def run_loop(run: Run, state: TrainState, train_iter, store: checkpoint.CheckpointStore,
-             writer: MetricsWriter, *, end_step: int, label: str = "main",
-             eval_steps: frozenset[int] = frozenset(), save_steps: frozenset[int] = frozenset(),
-             on_step: Callable[[int, TrainState, Any], TrainState] | None = None,
-             hook_due: Callable[[int], bool] = lambda step: True) -> TrainState:
-  """Trains from ``state.step`` to ``end_step``: logs, evaluates, checkpoints.
+# ---------------------------------------------------------------------------- members
 
-  ``on_step(step, state, train_iter)`` runs on the host after each step where ``hook_due(step)``
-  (decay branches are taken there, snapshots saved); it may return a new state. It does not
-  wait for the step's metrics, so dispatch stays asynchronous.
+
+@dataclasses.dataclass
+class Member:
+  """The host side of one member: what it trains to, where it writes, what it watches.
+
+  ``make_iterator`` makes a fresh data iterator at step 0 (restores set its state);
+  ``start`` is ``(directory, step)`` of a checkpoint to start from (a decay branch), else None.
+  ``set_aside``: a member whose guard stops it is set aside (evaluations NaN, the others go
+  on) instead of ending the run. ``write_config``: a fresh start writes ``config.json``.
   """
-  t = run.config.train
+
+  name: str
+  config: ml_collections.ConfigDict
+  directory: epath.Path
+  end_step: int
+  schedule: optax.Schedule
+  make_iterator: Callable[[], Iterator]
+  store: Any  # checkpoint.CheckpointStore (or a stand-in with save/wait)
+  start: tuple[epath.Path, int] | None = None
+  eval_steps: frozenset[int] = frozenset()
+  save_steps: frozenset[int] = frozenset()
+  window_steps: frozenset[int] = frozenset()
+  snapshots: posthoc.SnapshotWriter | None = None
+  hook: Hook | None = None
+  hook_steps: frozenset[int] = frozenset()
+  set_aside: bool = False
+  write_config: bool = True
+  # Set by the loop:
+  iterator: Any = None
+  writer: MetricsWriter | None = None
+  guard: BadStepGuard | None = None
+  diverged_at: int | None = None
+  saved_steps: set[int] = dataclasses.field(default_factory=set)
+  learning_rates: LearningRates | None = None
+
+  def __post_init__(self):
+    self.learning_rates = LearningRates(self.schedule)
+    self.guard = BadStepGuard(self.config.train, self.name, self.store)
+
+  def close(self) -> None:
+    self.store.close()
+    if self.writer is not None:
+      self.writer.close()
+    if self.snapshots is not None:
+      self.snapshots.close()
+
+
+def snapshot_writer(config: ml_collections.ConfigDict, directory: epath.Path
+                    ) -> posthoc.SnapshotWriter | None:
+  """Post-hoc snapshots of a run directory when ``train.snapshot_every`` asks for them."""
+  if not config.train.snapshot_every:
+    return None
+  return posthoc.SnapshotWriter(str(workdir_lib.snapshots_dir(directory)),
+                                config_lib.posthoc_tracking(config),
+                                keep=config.train.snapshot_keep)
+
+
+def open_store(config: ml_collections.ConfigDict, directory: epath.Path,
+               keep_steps: Sequence[int] = ()) -> checkpoint.CheckpointStore:
+  t = config.train
+  return checkpoint.CheckpointStore(directory, keep_latest=t.keep_checkpoints,
+                                    keep_period=t.keep_period, keep_steps=sorted(keep_steps),
+                                    async_save=t.async_checkpoints)
+
+
+# ---------------------------------------------------------------------------- programs
+
+
+class SingleProgram:
+  """One member, sharded over its run's mesh (``Run.train_step`` / ``Run.eval_step``)."""
+
+  size = 1
+
+  def __init__(self, run: Run):
+    self.run = run
+
+  @property
+  def abstract_member_state(self) -> TrainState:
+    return self.run.abstract_state
+
+  def init(self, members: Sequence[Member]) -> TrainState:
+    del members
+    return self.run.init_state()
+
+  def assemble(self, states: Sequence[TrainState]) -> TrainState:
+    return states[0]
+
+  def step(self, state, batches: Sequence[dict], lrs: np.ndarray):
+    return self.run.train_step(state, batches[0], lrs[0])
+
+  def member_state(self, state, i: int) -> TrainState:
+    del i
+    return state
+
+  def evaluate(self, state) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(window token counts [W], {candidate: window loss sums [1, W]})."""
+    counts, sums = None, {}
+    for name, params in averaging.eval_params(state.opt_state, state.params).items():
+      window_sums, counts = self.run.window_losses(params)
+      sums[name] = window_sums[None]
+    return counts, sums
+
+  def flops_per_second_peak(self) -> float:
+    return peak_flops(self.run.config) * self.run.mesh.size
+
+  def flops_per_token(self) -> float:
+    return self.run.flops_per_token
+
+
+def restore_members(program, members: Sequence[Member]) -> tuple[Any, int, bool]:
+  """The program's state, its step, and whether it was resumed from the members' checkpoints.
+
+  One member: its newest intact checkpoint (a damaged one is set aside; refused if some exist
+  but none restores). A group: the newest checkpoint every member has. Otherwise each member's
+  start: the checkpoint it branches from, or a fresh init from its seed.
+  """
+  abstract = program.abstract_member_state
+  if len(members) == 1 and hasattr(members[0].store, "restore_latest_intact"):
+    m = members[0]
+    steps = m.store.all_steps()
+    found = m.store.restore_latest_intact(abstract, m.make_iterator)
+    damaged = sorted(p.name for p in m.store.directory.glob("*.damaged*"))
+    if found is None and (steps or damaged):
+      raise TrainingError(
+          f"{m.store.directory} holds checkpoints ({', '.join(map(str, steps)) or 'none intact'}"
+          f"; set aside: {', '.join(damaged) or 'none'}) but none could be restored (see the "
+          "warnings above). Refusing to start over on top of them: move them away, or fix the "
+          "cause.")
+    if found is not None:
+      step, state, m.iterator = found
+      return program.assemble([state]), step, True
+  else:
+    common = set.intersection(*(set(m.store.all_steps()) for m in members))
+    if common:
+      step = max(common)
+      states = []
+      for m in members:
+        m.iterator = m.make_iterator()
+        states.append(m.store.restore(step, abstract, m.iterator))
+      return program.assemble(states), step, True
+  for m in members:
+    m.iterator = m.make_iterator()
+  if members[0].start is None:
+    return program.init(members), 0, False
+  states = []
+  for m in members:
+    source, step = m.start
+    store = checkpoint.CheckpointStore(source, read_only=True)
+    states.append(store.restore(step, abstract, m.iterator))
+    store.close()
+  return program.assemble(states), members[0].start[1], False
+
+
+def _open(m: Member, step: int, resumed: bool) -> None:
+  """A member's files at the start of training: config, metrics, snapshots, divergence."""
+  if m.write_config and not resumed and m.start is None and jax.process_index() == 0:
+    checkpoint.write_json(workdir_lib.config_file(m.directory),
+                          json.loads(m.config.to_json_best_effort()))
+  # Resumed: cut the log back to the restored step; fresh: an earlier log is set aside.
+  m.writer = MetricsWriter(m.directory, truncate_after=step if resumed else None)
+  if resumed:
+    diverged = [r["step"] for r in read_metrics(m.directory) if r.get("diverged")]
+    m.diverged_at = min(diverged) if diverged else None
+  if m.snapshots is not None:
+    m.snapshots.discard_after(step)
+  if hasattr(m.store, "all_steps"):
+    m.saved_steps = set(m.store.all_steps())
+
+
+def run_members(program, members: Sequence[Member], *, label: str,
+                on_restore: Callable[[int | None, Any, Any], None] | None = None,
+                progress: Callable[[int, int, float], None] | None = None) -> Any:
+  """Restores (or starts) every member, trains them to their end step, closes their files."""
+  try:
+    state, step, resumed = restore_members(program, members)
+    for m in members:
+      _open(m, step, resumed)
+    if resumed and len(members) == 1 and jax.process_index() == 0:
+      print(f"[{label}] resumed from step {step}", flush=True)
+    if on_restore is not None:
+      on_restore(step if resumed else None, state, members[0].iterator)
+    return train_members(program, members, state, step, label=label, progress=progress)
+  finally:
+    for m in members:
+      m.close()
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def train_members(program, members: Sequence[Member], state, step: int, *, label: str,
+                  progress: Callable[[int, int, float], None] | None = None) -> Any:
+  """Trains ``members`` from ``step`` to their (common) end step; returns the final state.
+
+  ``progress(step, end_step, tokens_per_sec)`` is called at log steps (else a line is printed).
+  """
+  t = members[0].config.train
+  end = members[0].end_step
+  if any(m.end_step != end for m in members):
+    raise ValueError(f"members of one loop train to one end step, got "
+                     f"{sorted({m.end_step for m in members})}")
   tokens_per_step = t.batch_size * t.seq_len
-  flops_peak = peak_flops(run.config) * run.mesh.size
-  step = int(state.step)
-  start_step, start_time = step, time.perf_counter()
-  pending = None  # (step, device metrics): fetched one step late
-  guard = BadStepGuard(t, label, store)
-  last_log_time, last_log_step = start_time, step
+  eval_steps = frozenset().union(*(m.eval_steps for m in members))
+  save_steps = frozenset().union(*(m.save_steps for m in members))
+  hook_steps = frozenset().union(*(m.hook_steps for m in members))
+  if hook_steps and len(members) > 1:
+    raise ValueError("host hooks (planned branches) need a single-member loop")
+  for m in members:
+    if m.writer is None:
+      m.writer = MetricsWriter(m.directory, truncate_after=step)
+  start_step = step
+  clock = dict(start=time.perf_counter(), last=time.perf_counter(), last_step=step)
+  flops_peak = program.flops_per_second_peak() if program.size == 1 else 0.0
 
   def flush(pending):
-    nonlocal last_log_time, last_log_step
     done_step, device_metrics = pending
-    metrics = jax.device_get(device_metrics)
-    guard.observe(done_step, bool(metrics["finite"]), float(metrics["loss"]))
-    skipped_total = guard.skipped_total
-    if done_step % t.log_every == 0 or done_step == end_step:
+    metrics = {k: np.reshape(np.asarray(v), (-1,)) for k, v in
+               jax.device_get(device_metrics).items()}
+    logged = done_step % t.log_every == 0 or done_step == end
+    rate = 0.0
+    if logged:
       now = time.perf_counter()
-      rate = (done_step - last_log_step) / max(now - last_log_time, 1e-9)
-      last_log_time, last_log_step = now, done_step
-      record = {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
-                "lr": float(metrics["lr"]), "tokens": done_step * tokens_per_step,
-                "steps_per_sec": rate, "tokens_per_sec": rate * tokens_per_step,
-                "skipped_updates": skipped_total}
-      if flops_peak:
-        record["mfu"] = rate * tokens_per_step * run.flops_per_token / flops_peak
-      writer.write(done_step, record)
-      if jax.process_index() == 0:
-        elapsed = now - start_time
-        eta = elapsed / max(done_step - start_step, 1) * (end_step - done_step)
-        mfu = f" | mfu {record['mfu']:.1%}" if "mfu" in record else ""
-        print(f"[{label}] step {done_step}/{end_step} | loss {record['loss']:.4f} | lr "
-              f"{record['lr']:.2e} | {record['tokens_per_sec']:,.0f} tok/s{mfu} | ETA "
-              f"{_format_seconds(eta)}", flush=True)
+      rate = (done_step - clock["last_step"]) / max(now - clock["last"], 1e-9)
+      clock["last"], clock["last_step"] = now, done_step
+    for i, m in enumerate(members):
+      _observe(m, done_step, metrics, i)
+      if logged:
+        record = {"loss": float(metrics["loss"][i]), "grad_norm": float(metrics["grad_norm"][i]),
+                  "lr": float(metrics["lr"][i]), "tokens": done_step * tokens_per_step,
+                  "steps_per_sec": rate, "tokens_per_sec": rate * tokens_per_step,
+                  "skipped_updates": m.guard.skipped_total}
+        if flops_peak:
+          record["mfu"] = rate * tokens_per_step * program.flops_per_token() / flops_peak
+        m.writer.write(done_step, record)
+    if logged and jax.process_index() == 0:
+      if progress is not None:
+        progress(done_step, end, rate * tokens_per_step * len(members))
+        return
+      elapsed = time.perf_counter() - clock["start"]
+      eta = elapsed / max(done_step - start_step, 1) * (end - done_step)
+      mfu = (f" | mfu {rate * tokens_per_step * program.flops_per_token() / flops_peak:.1%}"
+             if flops_peak else "")
+      loss = float(np.mean(metrics["loss"]))
+      print(f"[{label}] step {done_step}/{end} | loss {loss:.4f} | lr {metrics['lr'][0]:.2e} | "
+            f"{rate * tokens_per_step * len(members):,.0f} tok/s{mfu} | ETA "
+            f"{_format_seconds(eta)}", flush=True)
 
-  with _Preemption() as preemption:
-    while step < end_step:
-      batch = next(train_iter)
-      state, device_metrics = run.train_step(state, batch, run.learning_rate(step))
+  pending = None  # (step, device metrics): fetched one step late
+  with preemption() as stop:
+    while step < end:
+      batches = [next(m.iterator) for m in members]
+      lrs = np.array([m.learning_rates[step] for m in members], np.float32)
+      state, device_metrics = program.step(state, batches, lrs)
       if pending is not None:
         flush(pending)
       pending = (step + 1, device_metrics)
       step += 1
-      boundary = (step % t.eval_every == 0 or step in eval_steps or step == end_step or
-                  step % t.checkpoint_every == 0 or step in save_steps or
-                  preemption.requested or guard.save_deferred)
-      if not boundary:
-        if on_step is not None and hook_due(step):
-          state = on_step(step, state, train_iter)
-        continue
-      flush(pending)
-      pending = None
-      if step % t.eval_every == 0 or step in eval_steps or step == end_step:
-        metrics = run.evaluate(state)
-        metrics["tokens"] = step * tokens_per_step
-        if guard.unclean:  # reached through skipped updates, not yet clean enough to save
-          metrics["after_skipped_updates"] = guard.skipped_since_save
-        writer.write(step, metrics)
-        if jax.process_index() == 0:
-          print(f"[{label}] eval step {step}: " + ", ".join(
-              f"{k} {v:.4f}" for k, v in naming.eval_losses(metrics).items()),
-                flush=True)
-      saved = False
-      if (step % t.checkpoint_every == 0 or step in save_steps or step == end_step or
-          preemption.requested or guard.save_deferred):
-        saved = guard.may_save(step, final=step == end_step or preemption.requested)
-        if saved:
-          store.save(step, state, train_iter)
-      if preemption.requested:
-        store.wait()
-        print(f"[{label}] SIGTERM: " + (f"saved a checkpoint at step {step}" if saved else
-              f"step {step} was reached through skipped updates and is not saved (the last "
-              f"good checkpoint is step {store.latest_step()})") + "; exiting.", flush=True)
-        raise SystemExit(0)
-      if on_step is not None and hook_due(step):
-        state = on_step(step, state, train_iter)
+      eval_due = step % t.eval_every == 0 or step in eval_steps or step == end
+      save_due = step % t.checkpoint_every == 0 or step in save_steps or step == end
+      deferred = any(m.guard.save_deferred and m.diverged_at is None for m in members)
+      if eval_due or save_due or stop.requested or deferred:
+        flush(pending)
+        pending = None
+        if eval_due:
+          _evaluate(program, members, state, step, tokens_per_step, label)
+        final = step == end or bool(stop.requested)
+        saved = [_save(program, m, i, state, step, save_due or bool(stop.requested), final)
+                 for i, m in enumerate(members)]
+        if stop.requested:
+          for m in members:
+            m.store.wait()
+          _announce_stop(stop.requested, label, members, saved, step)
+          raise SystemExit(0)
+      state = _host_work(program, members, state, step, hook_steps)
     if pending is not None:
       flush(pending)
-  store.wait()
+  for m in members:
+    m.store.wait()
   return state
 
 
-def restore_or_init(run: Run, store: checkpoint.CheckpointStore) -> tuple[TrainState, Any, int | None]:
-  """The newest intact checkpoint of ``store`` (with its data iterator), or a fresh state."""
-  steps = store.all_steps()
-  found = store.restore_latest_intact(run.abstract_state, run.make_train_iterator)
-  damaged = sorted(p.name for p in store.directory.glob("*.damaged*"))
-  if found is None and (steps or damaged):
-    raise TrainingError(
-        f"{store.directory} holds checkpoints ({', '.join(map(str, steps)) or 'none intact'}; "
-        f"set aside: {', '.join(damaged) or 'none'}) but none could be restored (see the "
-        "warnings above). Refusing to start over on top of them: move them away, or fix the "
-        "cause.")
-  if found is None:
-    return run.init_state(), run.make_train_iterator(), None
-  step, state, iterator = found
-  return state, iterator, step
+def _observe(m: Member, step: int, metrics: Mapping[str, np.ndarray], i: int) -> None:
+  """Feeds a member's guard; sets the member aside where it must stop and may be set aside."""
+  if m.diverged_at is not None:
+    return
+  try:
+    m.guard.observe(step, bool(metrics["finite"][i]), float(metrics["loss"][i]))
+  except TrainingError as e:
+    if not m.set_aside:
+      raise
+    m.diverged_at = step
+    m.writer.write(step, {"diverged": True, "loss": float(metrics["loss"][i])})
+    if jax.process_index() == 0:
+      print(f"[{m.name}] set aside at step {step} (its later evaluations are recorded as NaN; "
+            f"the other runs go on): {' '.join(str(e).split())}", flush=True)
+
+
+def _evaluate(program, members: Sequence[Member], state, step: int, tokens_per_step: int,
+              label: str) -> None:
+  """Validation loss of every member's raw params and averages (all members at once)."""
+  counts, sums = program.evaluate(state)
+  total = max(float(np.sum(counts)), 1.0)
+  for i, m in enumerate(members):
+    losses = {name: float(np.sum(values[i]) / total) for name, values in sums.items()}
+    record = {naming.eval_key(name): (math.nan if m.diverged_at is not None else loss)
+              for name, loss in losses.items()}
+    record["tokens"] = step * tokens_per_step
+    if m.guard.unclean and m.diverged_at is None:  # reached through skipped updates
+      record["after_skipped_updates"] = m.guard.skipped_since_save
+    m.writer.write(step, record)
+    if step in m.window_steps and m.diverged_at is None and jax.process_index() == 0:
+      _write_eval_windows(m.directory, step, counts,
+                          {name: values[i] for name, values in sums.items()})
+  if len(members) == 1 and jax.process_index() == 0:
+    print(f"[{label}] eval step {step}: " + ", ".join(
+        f"{k} {v:.4f}" for k, v in naming.eval_losses(record).items()), flush=True)
+
+
+def _save(program, m: Member, i: int, state, step: int, due: bool, final: bool) -> bool:
+  """Checkpoints a member's state when due and its guard allows (never a state reached through
+  skipped updates); a set-aside member keeps its last finite state."""
+  if not (due or (m.guard.save_deferred and m.diverged_at is None)):
+    return False
+  if m.diverged_at is None and not m.guard.may_save(step, final=final):
+    return False
+  if step not in m.saved_steps:
+    m.store.save(step, program.member_state(state, i), m.iterator)
+    m.saved_steps.add(step)
+  return True
+
+
+def _announce_stop(signal_name: str, label: str, members: Sequence[Member], saved: list[bool],
+                   step: int) -> None:
+  if jax.process_index() != 0:
+    return
+  if all(saved):
+    what = (f"saved a checkpoint at step {step}" if len(members) == 1 else
+            f"saved a checkpoint at step {step} for each of its {len(members)} runs")
+  else:
+    unsaved = [m for m, s in zip(members, saved) if not s]
+    what = (f"step {step} of {', '.join(m.name for m in unsaved)} was reached through skipped "
+            "updates and is not saved (it resumes from its last good checkpoint)")
+  print(f"[{label}] {signal_name}: {what}; exiting. Re-run the same command to resume.",
+        flush=True)
+
+
+def _host_work(program, members: Sequence[Member], state, step: int, hook_steps) -> Any:
+  """Post-hoc snapshots and host hooks (planned decay branches) after a step."""
+  for i, m in enumerate(members):
+    if m.snapshots is not None and step % m.config.train.snapshot_every == 0:
+      member = program.member_state(state, i)
+      m.snapshots.save(step, posthoc.tracked_averages(member.opt_state, m.snapshots.tracking))
+  if step in hook_steps:
+    m = members[0]
+    if m.hook is not None and step in m.hook_steps:
+      state = m.hook(step, state, m.iterator)
+  return state
+
+
+# ---------------------------------------------------------------------------- single runs
+
+
+def single_member(run: Run, directory: epath.Path, store, *, name: str = "main",
+                  end_step: int | None = None, **fields) -> Member:
+  """The member of a single run (``run``'s schedule, its process-aware data iterator)."""
+  return Member(name=name, config=run.config, directory=epath.Path(directory),
+                end_step=end_step or run.config.train.total_steps, schedule=run.schedule,
+                make_iterator=run.make_train_iterator, store=store, **fields)
+
+
+def run_loop(run: Run, state: TrainState, train_iter, store, writer: MetricsWriter, *,
+             end_step: int, label: str = "main", eval_steps: frozenset[int] = frozenset(),
+             save_steps: frozenset[int] = frozenset(), hook: Hook | None = None,
+             hook_steps: frozenset[int] = frozenset()) -> TrainState:
+  """Trains one in-memory ``state`` from ``state.step`` to ``end_step`` with ``train_iter``
+  (the one loop with a single member; decay branches and tests use it)."""
+  member = single_member(run, writer.path.parent, store, name=label, end_step=end_step,
+                         eval_steps=eval_steps, save_steps=save_steps, hook=hook,
+                         hook_steps=hook_steps, iterator=train_iter, writer=writer)
+  return train_members(SingleProgram(run), [member], state, int(state.step), label=label)
 
 
 def check_resumable(config: ml_collections.ConfigDict, directory: epath.Path) -> None:
   """Refuses to resume a run whose config changed, naming the differing keys."""
-  stored = checkpoint.read_json(directory / "config.json")
+  stored = checkpoint.read_json(workdir_lib.config_file(directory))
   if stored is None:
     return
   diffs = checkpoint.config_differences(stored, json.loads(config.to_json_best_effort()),
@@ -454,9 +588,6 @@ def start(config: ml_collections.ConfigDict) -> None:
   data_lib.check_files(config.data)  # a bad data file is named before anything is compiled
 
 
-Hook = Callable[[int, TrainState, Any], TrainState]
-
-
 def check_not_orphaned(config: ml_collections.ConfigDict, directory: epath.Path,
                        start_over: bool = False) -> None:
   """Refuses to start from step 0 in a run directory whose checkpoints are gone but whose
@@ -472,7 +603,8 @@ def check_not_orphaned(config: ml_collections.ConfigDict, directory: epath.Path,
     return
   steps = [m["step"] for m in read_metrics(directory)]
   first_save = min([config.train.checkpoint_every, config.train.total_steps])
-  found = [name for name in ("config.json", "metrics.jsonl") if (directory / name).exists()]
+  files = [workdir_lib.config_file(directory), workdir_lib.metrics_file(directory)]
+  found = [f.name for f in files if f.exists()]
   if not found or (not start_over and (not steps or max(steps) <= first_save)):
     return  # nothing, or a run stopped before its first checkpoint: starting again resumes it
   if not start_over:
@@ -483,13 +615,14 @@ def check_not_orphaned(config: ml_collections.ConfigDict, directory: epath.Path,
         "to start from scratch here (the old files are kept under previous-<n>/)")
   if jax.process_index() == 0:
     k = 0
-    while (directory / f"previous-{k}").exists():
+    while workdir_lib.previous_dir(directory, k).exists():
       k += 1
-    aside = directory / f"previous-{k}"
+    aside = workdir_lib.previous_dir(directory, k)
     aside.mkdir()
-    for name in ("config.json", "metrics.jsonl", "tensorboard", "snapshots"):
-      if (directory / name).exists():
-        (directory / name).rename(aside / name)
+    for path in files + [workdir_lib.tensorboard_dir(directory),
+                         workdir_lib.snapshots_dir(directory)]:
+      if path.exists():
+        path.rename(aside / path.name)
     print(f"[main] --start-over: the earlier run's files are in {aside}", flush=True)
 
 
@@ -508,68 +641,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Only one process at a time trains a run directory: process 0 holds its lock
   (``checkpoint.DirectoryLock``); a second trainer stops at once, naming the holder.
   """
-  directory = checkpoint.main_dir(workdir)
+  directory = workdir_lib.main_dir(workdir)
   checkpoint.check_writable(directory, field="--workdir")
-  lock = checkpoint.DirectoryLock(directory).acquire()
-  try:
-    return _train_locked(config, workdir, directory, hook, hook_steps, on_restore, start_over)
-  finally:
-    lock.release()
-
-
-def _train_locked(config, workdir, directory, hook, hook_steps, on_restore, start_over):
-  if not start_over:
-    check_resumable(config, directory)
-  check_not_orphaned(config, directory, start_over)
-  run = build_run(config, workdir)
-  store = checkpoint.CheckpointStore(
-      directory, keep_latest=config.train.keep_checkpoints,
-      keep_period=config.train.keep_period, keep_steps=sorted(hook_steps),
-      async_save=config.train.async_checkpoints)
-  state, train_iter, restored = restore_or_init(run, store)
-  if restored is None:
-    checkpoint.write_json(directory / "config.json", json.loads(config.to_json_best_effort()))
-  elif jax.process_index() == 0:
-    print(f"[main] resumed from step {restored}", flush=True)
-  writer = MetricsWriter(directory, truncate_after=restored)
-  snapshots = _snapshot_writer(config, directory)
-  if snapshots is not None:
-    snapshots.discard_after(restored or 0)  # snapshots newer than the resumed state are redone
-  snapshot_every = config.train.snapshot_every
-
-  def on_step(step, state, train_iter):
-    if snapshots is not None and step % snapshot_every == 0:
-      snapshots.save(step, posthoc.tracked_averages(state.opt_state, snapshots.tracking))
-    if hook is not None and step in hook_steps:
-      state = hook(step, state, train_iter)
-    return state
-
-  def hook_due(step):
-    return step in hook_steps or (snapshots is not None and step % snapshot_every == 0)
-
-  try:
-    if on_restore is not None:
-      on_restore(restored, state, train_iter)
-    run_loop(run, state, train_iter, store, writer, end_step=config.train.total_steps,
-             eval_steps=frozenset(config.train.eval_at), save_steps=hook_steps,
-             on_step=on_step if (hook is not None or snapshots is not None) else None,
-             hook_due=hook_due)
-  finally:
-    store.close()
-    writer.close()
-    if snapshots is not None:
-      snapshots.close()
+  with checkpoint.DirectoryLock(directory):
+    if not start_over:
+      check_resumable(config, directory)
+    check_not_orphaned(config, directory, start_over)
+    run = build_run(config, workdir)
+    member = single_member(
+        run, directory, open_store(config, directory, hook_steps),
+        eval_steps=frozenset(config.train.eval_at), save_steps=hook_steps,
+        snapshots=snapshot_writer(config, directory), hook=hook, hook_steps=hook_steps)
+    run_members(SingleProgram(run), [member], label="main", on_restore=on_restore)
   return last_evaluation(directory)
-
-
-def last_evaluation(directory: str | epath.Path) -> dict[str, Any]:
-  """The last evaluation record of a run or branch directory ({} if none)."""
-  evals = [m for m in read_metrics(directory) if naming.is_eval_record(m)]
-  return evals[-1] if evals else {}
-
-
-def _snapshot_writer(config, directory):
-  if not config.train.snapshot_every:
-    return None
-  return posthoc.SnapshotWriter(str(directory / "snapshots"), config_lib.posthoc_tracking(config),
-                                keep=config.train.snapshot_keep)

@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from anytime import workdir as workdir_lib
 from anytime import parallel  # noqa: E402  (before JAX starts its backends)
 
 parallel.use_cpu_devices()
@@ -47,7 +48,7 @@ def _runs(config, workdir: Path, count: int, steps: int) -> list[compare.Planned
     run_config = compare.run_config(config, "cosine", lr, seed, steps)
     name = f"r{i}"
     spec = batched.RunSpec(name=name, config=run_config,
-                           directory=checkpoint.main_dir(workdir / name), end_step=steps)
+                           directory=workdir_lib.main_dir(workdir / name), end_step=steps)
     planned.append(compare.PlannedRun("cosine", lr, seed, spec))
   return planned
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from etils import epath
 
+from anytime import workdir as workdir_lib
 from anytime import averaging, batched, checkpoint, loop, naming, parallel, schedules
 from anytime import config as config_lib
 
@@ -182,7 +183,7 @@ def test_a_branch_group_reuses_the_program_of_its_main_runs(tmp_path):
                final_fraction=0.0)
   branch = batched.RunSpec(
       name="branch", config=main.config, end_step=STEPS,
-      directory=checkpoint.branch_dir(main.directory.parent, "linear_to0"),
+      directory=workdir_lib.branch_dir(main.directory.parent, "linear_to0"),
       start=(main.directory, STEPS // 2),
       schedule=dict(main.config.optimizer.schedule.to_dict(), decay=decay))
   with parallel.compile_log() as compiled:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from anytime import workdir as workdir_lib
 from anytime import branches, checkpoint, loop, schedules
 
 import _tiny
@@ -71,7 +72,7 @@ def restore(directory, step, config):
   """A checkpoint's train state as numpy (the abstract state does not depend on the schedule)."""
   key = config.to_json_best_effort()
   if key not in _ABSTRACT:
-    workdir = directory.parent.parent if directory.parent.name == checkpoint.BRANCHES else \
+    workdir = directory.parent.parent if directory.parent.name == workdir_lib.BRANCHES else \
         directory.parent
     _ABSTRACT[key] = loop.build_run(config, str(workdir)).abstract_state
   store = checkpoint.CheckpointStore(directory, read_only=True)
@@ -135,7 +136,7 @@ def test_main_with_planned_branches_equals_main_without(plain, planned):
   assert [p._asdict() for p in branches.planned_branches(planned_config)] == [
       dict(name=name, branch_step=start, cooldown_steps=cooldown, shape="linear",
            final_fraction=0.1) for name, (start, cooldown) in PLANNED.items()]
-  main_plain, main_planned = checkpoint.main_dir(plain_dir), checkpoint.main_dir(planned_dir)
+  main_plain, main_planned = workdir_lib.main_dir(plain_dir), workdir_lib.main_dir(planned_dir)
   # Branch points 6 and 13 are kept next to the latest three.
   assert checkpoint.CheckpointStore(main_planned, read_only=True).all_steps() == [6, 12, 13, 16]
   assert checkpoint.CheckpointStore(main_plain, read_only=True).all_steps() == [6, 12, 16]
@@ -144,20 +145,20 @@ def test_main_with_planned_branches_equals_main_without(plain, planned):
   got, want = loop.read_metrics(main_planned), loop.read_metrics(main_plain)
   assert [r["step"] for r in got] == [r["step"] for r in want]
   assert without_timing(got) == without_timing(want)
-  assert {p.name for p in (planned_dir / checkpoint.BRANCHES).iterdir()} == set(PLANNED)
+  assert {p.name for p in (planned_dir / workdir_lib.BRANCHES).iterdir()} == set(PLANNED)
 
 
 @pytest.mark.parametrize("name", list(PLANNED))
 def test_planned_branch_starts_at_main_state_and_continues_its_schedule(planned, name):
   workdir, config = planned
   start, cooldown = PLANNED[name]
-  directory = checkpoint.branch_dir(workdir, name)
-  lineage = json.loads((directory / branches.LINEAGE).read_text())
+  directory = workdir_lib.branch_dir(workdir, name)
+  lineage = json.loads((directory / workdir_lib.LINEAGE).read_text())
   assert lineage["finished"] and lineage["parent"] == "main"
   assert (lineage["parent_step"], lineage["cooldown_steps"], lineage["end_step"]) == (
       start, cooldown, start + cooldown)
   records = loop.read_metrics(directory)
-  main_records = loop.read_metrics(checkpoint.main_dir(workdir))
+  main_records = loop.read_metrics(workdir_lib.main_dir(workdir))
   steps = list(range(start + 1, start + cooldown + 1))
   assert sorted(by_step(records, "loss")) == steps
   # The first branch step sees the main params and batch at S: loss and gradient norm are
@@ -185,14 +186,14 @@ def test_library_branch_restores_main_exactly_and_leaves_main_untouched(plain, p
   plain_dir, config = plain
   planned_dir, _ = planned
   workdir = copy_workdir(plain_dir, tmp_path / "w")
-  main = checkpoint.main_dir(workdir)
+  main = workdir_lib.main_dir(workdir)
   before = file_bytes(main)
   # 1. A branch whose decay keeps main's LR (final_fraction=1 after warmup) is main's own
   # continuation: restoring main at 12 (params, optimizer state with its averages, step, RNG,
   # data iterator) and training 4 steps gives main's state at 16 bit for bit.
   branches.branch(str(workdir), from_step=12, cooldown_steps=4, shape="linear",
                     final_fraction=1.0, name="flat")
-  flat = checkpoint.branch_dir(workdir, "flat")
+  flat = workdir_lib.branch_dir(workdir, "flat")
   assert_trees_equal(restore(flat, 16, config), restore(main, 16, config))
   main_records = [r for r in loop.read_metrics(main) if r["step"] > 12]
   flat_records = loop.read_metrics(flat)
@@ -202,8 +203,8 @@ def test_library_branch_restores_main_exactly_and_leaves_main_untouched(plain, p
   # main run took from its in-memory state.
   result = branches.branch(str(workdir), from_step=6, cooldown_steps=2, shape="linear",
                              final_fraction=0.1)
-  got = checkpoint.branch_dir(workdir, "linear_8")
-  want = checkpoint.branch_dir(planned_dir, "linear_8")
+  got = workdir_lib.branch_dir(workdir, "linear_8")
+  want = workdir_lib.branch_dir(planned_dir, "linear_8")
   assert_trees_equal(restore(got, 8, config), restore(want, 8, config))
   assert without_timing(loop.read_metrics(got)) == without_timing(loop.read_metrics(want))
   assert result == loop.read_metrics(got)[-1]
@@ -220,11 +221,11 @@ def test_library_branch_restores_main_exactly_and_leaves_main_untouched(plain, p
 def test_wsd_s_adopts_the_decayed_state_and_main_resumes_at_peak(plain, tmp_path):
   plain_dir, config = plain
   workdir = copy_workdir(plain_dir, tmp_path / "w")
-  main = checkpoint.main_dir(workdir)
+  main = workdir_lib.main_dir(workdir)
   with pytest.raises(ValueError, match="paused at --from-step 12.*up to step 16"):
     branches.branch(str(workdir), from_step=12, cooldown_steps=2, mode="wsd_s")
-  assert not (workdir / checkpoint.BRANCHES).exists()
-  assert not (main / branches.LINEAGE).exists()
+  assert not (workdir / workdir_lib.BRANCHES).exists()
+  assert not (main / workdir_lib.LINEAGE).exists()
   # Pause main at 12: as if it had been trained to 12 only.
   shutil.rmtree(main / "16")
   kept = [r for r in loop.read_metrics(main) if r["step"] <= 12]
@@ -232,13 +233,13 @@ def test_wsd_s_adopts_the_decayed_state_and_main_resumes_at_peak(plain, tmp_path
   branches.branch(str(workdir), from_step=12, cooldown_steps=2, shape="linear",
                     final_fraction=0.1, mode="wsd_s")
   name = "linear_14"
-  assert json.loads((main / branches.LINEAGE).read_text()) == {
+  assert json.loads((main / workdir_lib.LINEAGE).read_text()) == {
       "adopted": [dict(branch=name, from_step=12, at_step=14)]}
   assert checkpoint.CheckpointStore(main, read_only=True).all_steps() == [6, 12, 14]
   adopted = restore(main, 14, config)
-  assert_trees_equal(adopted, restore(checkpoint.branch_dir(workdir, name), 14, config))
+  assert_trees_equal(adopted, restore(workdir_lib.branch_dir(workdir, name), 14, config))
   assert int(adopted.step) == 14
-  assert by_step(loop.read_metrics(checkpoint.branch_dir(workdir, name)), "lr")[14] < PEAK
+  assert by_step(loop.read_metrics(workdir_lib.branch_dir(workdir, name)), "lr")[14] < PEAK
 
   # The first step after resuming, computed here: one step from the adopted state and its
   # data iterator.
@@ -262,7 +263,7 @@ def test_wsd_s_adopts_the_decayed_state_and_main_resumes_at_peak(plain, tmp_path
 def test_branch_command_line(plain, tmp_path, compilation_cache):
   plain_dir, config = plain
   workdir = copy_workdir(plain_dir, tmp_path / "w")
-  main = checkpoint.main_dir(workdir)
+  main = workdir_lib.main_dir(workdir)
   before = file_bytes(main)
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
          "JAX_COMPILATION_CACHE_DIR": compilation_cache,
@@ -279,8 +280,8 @@ def test_branch_command_line(plain, tmp_path, compilation_cache):
                                    "1-sqrt"], env=env, cwd=REPO, capture_output=True,
                         text=True, timeout=300)
   assert good.returncode == 0, good.stderr[-3000:]
-  directory = checkpoint.branch_dir(workdir, "1-sqrt_14")
-  lineage = json.loads((directory / branches.LINEAGE).read_text())
+  directory = workdir_lib.branch_dir(workdir, "1-sqrt_14")
+  lineage = json.loads((directory / workdir_lib.LINEAGE).read_text())
   assert lineage["finished"] and (lineage["parent_step"], lineage["cooldown_steps"],
                                   lineage["shape"]) == (12, 2, "1-sqrt")
   records = loop.read_metrics(directory)

@@ -36,6 +36,7 @@ import pytest
 from ml_collections import config_flags
 from absl import flags
 
+from anytime import workdir as workdir_lib
 from anytime import branches, checkpoint, loop, parallel
 
 pytestmark = pytest.mark.slow  # whole training runs, subprocesses or notebooks
@@ -850,8 +851,8 @@ def test_protected_step_survives_retention_and_resume(tmp_path: Path):
                                   "x" * 101])
 def test_branch_names_are_one_safe_path_component(name: str, tmp_path: Path):
   with pytest.raises(ValueError, match=r"branch name \(--name\) must be"):
-    checkpoint.branch_dir(tmp_path, name)
-  assert checkpoint.branch_dir(tmp_path, "1-sqrt_400.v2") == tmp_path / "branches" / \
+    workdir_lib.branch_dir(tmp_path, name)
+  assert workdir_lib.branch_dir(tmp_path, "1-sqrt_400.v2") == tmp_path / "branches" / \
       "1-sqrt_400.v2"
 
 

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from anytime import workdir as workdir_lib
 from anytime import branches, checkpoint, loop
 from anytime import config as config_lib
 from anytime.lm import data as data_lib
@@ -27,7 +28,7 @@ def tiny_config(**overrides):
 
 def final_state(workdir, config):
   run = loop.build_run(config, workdir)
-  store = checkpoint.CheckpointStore(checkpoint.main_dir(workdir), read_only=True)
+  store = checkpoint.CheckpointStore(workdir_lib.main_dir(workdir), read_only=True)
   step = store.latest_step()
   state = store.restore(step, run.abstract_state)
   store.close()
@@ -35,12 +36,12 @@ def final_state(workdir, config):
 
 
 def losses(workdir):
-  return [(m["step"], m["loss"]) for m in loop.read_metrics(checkpoint.main_dir(workdir))
+  return [(m["step"], m["loss"]) for m in loop.read_metrics(workdir_lib.main_dir(workdir))
           if "loss" in m]
 
 
 def evals(workdir):
-  return [m for m in loop.read_metrics(checkpoint.main_dir(workdir))
+  return [m for m in loop.read_metrics(workdir_lib.main_dir(workdir))
           if any(k.startswith("eval_loss/") for k in m)]
 
 
@@ -100,7 +101,7 @@ def test_resume_from_older_checkpoint_drops_later_metrics(reference_run, tmp_pat
   branches.train(config, workdir)
   # Lose the checkpoints after step 8 (as if the process died right after step 11).
   for step in (12,):
-    (checkpoint.main_dir(workdir) / str(step)).rmtree()
+    (workdir_lib.main_dir(workdir) / str(step)).rmtree()
   branches.train(config, workdir)
   assert losses(workdir) == losses(ref_dir)
   assert evals(workdir) == evals(ref_dir)
@@ -114,7 +115,7 @@ def test_changed_config_is_refused_on_resume(reference_run, tmp_path):
     branches.train(config, ref_dir)
   # total_steps of an anytime run is safe to change.
   loop.check_resumable(tiny_config(**{"parallel.num_devices": 1, "train.total_steps": 99}),
-                        checkpoint.main_dir(ref_dir))
+                        workdir_lib.main_dir(ref_dir))
 
 
 def test_config_written_before_a_key_existed_resumes(reference_run, tmp_path):
@@ -123,7 +124,7 @@ def test_config_written_before_a_key_existed_resumes(reference_run, tmp_path):
   ref_dir, config = reference_run
   directory = tmp_path / "main"
   directory.mkdir()
-  stored = json.loads((checkpoint.main_dir(ref_dir) / "config.json").read_text())
+  stored = json.loads((workdir_lib.main_dir(ref_dir) / "config.json").read_text())
   del stored["model"]["rope_base"]  # not safe to change: only its default lets it pass
   (directory / "config.json").write_text(json.dumps(stored))
   loop.check_resumable(config, directory)
@@ -135,7 +136,7 @@ def test_config_written_before_a_key_existed_resumes(reference_run, tmp_path):
 
 def test_metrics_and_checkpoint_contents(reference_run):
   ref_dir, config = reference_run
-  directory = checkpoint.main_dir(ref_dir)
+  directory = workdir_lib.main_dir(ref_dir)
   records = loop.read_metrics(directory)
   train_records = [r for r in records if "loss" in r]
   assert {"lr", "grad_norm", "tokens", "steps_per_sec", "tokens_per_sec"} <= set(train_records[0])
@@ -165,8 +166,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
                           "train.checkpoint_every": 2})
   workdir = str(tmp_path)
   run = loop.build_run(config, workdir)
-  store = checkpoint.CheckpointStore(checkpoint.main_dir(workdir), async_save=False)
-  writer = loop.MetricsWriter(checkpoint.main_dir(workdir))
+  store = checkpoint.CheckpointStore(workdir_lib.main_dir(workdir), async_save=False)
+  writer = loop.MetricsWriter(workdir_lib.main_dir(workdir))
   iterator = run.make_train_iterator()
 
   class Poisoned:

@@ -19,6 +19,7 @@ import jax
 from etils import epath
 
 from anytime import averaging, checkpoint, loop, naming, posthoc
+from anytime import workdir as workdir_lib
 from anytime import config as config_lib
 
 
@@ -30,7 +31,7 @@ def run(workdir: str, *, steps: Sequence[int], sigma_rels: Sequence[float],
   """
   config = config_lib.stored_config(workdir)
   config_lib.validate_config(config)
-  snapshot_dir = str(checkpoint.main_dir(workdir) / "snapshots")
+  snapshot_dir = str(workdir_lib.snapshots_dir(workdir_lib.main_dir(workdir)))
   available = posthoc.list_snapshots(snapshot_dir) if epath.Path(snapshot_dir).exists() else []
   if not available:
     raise FileNotFoundError(f"{snapshot_dir} holds no snapshots; train with "
@@ -43,7 +44,7 @@ def run(workdir: str, *, steps: Sequence[int], sigma_rels: Sequence[float],
     averaging.sigma_rel_to_gamma(sigma_rel)  # validates the range
   run_ = loop.build_run(config, workdir)
   like = run_.abstract_state.params
-  store = checkpoint.CheckpointStore(checkpoint.main_dir(workdir), read_only=True)
+  store = checkpoint.CheckpointStore(workdir_lib.main_dir(workdir), read_only=True)
   rows = []
   for step in steps:
     direct = {}
@@ -71,7 +72,7 @@ def run(workdir: str, *, steps: Sequence[int], sigma_rels: Sequence[float],
       rows.append(dict(step=step, target="raw", value=0.0, fit_error=0.0,
                        posthoc_loss=direct["raw"]))
   store.close()
-  _write(epath.Path(workdir) / "posthoc", rows, sigma_rels, quiet)
+  _write(workdir_lib.posthoc_dir(workdir), rows, sigma_rels, quiet)
   return rows
 
 
@@ -86,7 +87,7 @@ def _write(out: epath.Path, rows, sigma_rels, quiet: bool) -> None:
   writer.writeheader()
   writer.writerows(rows)
   (out / "table.csv").write_text(buffer.getvalue())
-  (out / "table.json").write_text(json.dumps(rows, indent=2))
+  workdir_lib.posthoc_table(out.parent).write_text(json.dumps(rows, indent=2))
   lines = ["| step | target | loss | fit error | tracked directly | difference |",
            "|---:|---|---:|---:|---:|---:|"]
   for r in rows:
