@@ -271,8 +271,8 @@ def holm(p_values):
   order = np.argsort(np.where(valid, p, np.inf), axis=-1)
   sorted_p = np.take_along_axis(np.where(valid, p, np.inf), order, axis=-1)
   rank = np.arange(p.shape[-1])
-  scaled = np.minimum(1.0, (m - rank) * sorted_p)
-  scaled = np.where(np.isfinite(sorted_p), scaled, 0.0)
+  finite = np.isfinite(sorted_p)
+  scaled = np.where(finite, np.minimum(1.0, (m - rank) * np.where(finite, sorted_p, 0.0)), 0.0)
   adjusted_sorted = np.maximum.accumulate(scaled, axis=-1)
   out = np.empty_like(p)
   np.put_along_axis(out, order, adjusted_sorted, axis=-1)
@@ -307,6 +307,45 @@ def decide(delta_, p_adjusted, p_equivalence_, alpha: float):
   out = np.where(significant, np.where(d < 0, "win", "loss"),
                  np.where(equivalent, "equivalent", "undecided"))
   return str(out) if out.ndim == 0 else out
+
+
+class Decisions(NamedTuple):
+  """Verdicts of one family over (up to) two looks; arrays over the family's cells."""
+  verdict: np.ndarray  # win | loss | equivalent | undecided
+  p_adjusted: np.ndarray  # at the look that decided the cell
+  look: np.ndarray  # 1 or 2
+
+
+def sequential_decisions(first: tuple, second: tuple | None = None, *, alpha: float,
+                         looks: int, multiplicity: str = "holm") -> Decisions:
+  """One family's verdicts with the level split equally over ``looks`` planned looks.
+
+  ``first`` / ``second``: ``(delta, p_value, p_equivalence)`` arrays over the family's cells
+  (last axis) at look 1 and look 2 (look 2's entries are used only for cells undecided at
+  look 1). Look 1 adjusts the family's p-values and decides at ``alpha / looks``; look 2
+  re-adjusts the family with the look-2 p-values of the undecided cells and the look-1
+  p-values of the others (Holm stays valid for any set of valid p-values) and decides the
+  undecided cells at ``alpha / looks``. A false claim at either look has probability at most
+  ``alpha / looks`` per family, so at most ``alpha`` over both (union bound; no independence
+  between the looks is needed, which matters since look 2 reuses look 1's seeds).
+  """
+  if looks not in (1, 2):
+    raise ValueError(f"looks must be 1 or 2, got {looks}")
+  level = alpha / looks
+  d1, p1, e1 = (np.asarray(x, dtype=np.float64) for x in first)
+  adjusted1 = adjust(p1, multiplicity)
+  verdict1 = np.asarray(decide(d1, adjusted1, e1, level), dtype=object)
+  one = np.ones(d1.shape, dtype=int)
+  if second is None:
+    return Decisions(verdict1, adjusted1, one)
+  if looks < 2:
+    raise ValueError("second: a second look needs looks=2 (planned before the data)")
+  d2, p2, e2 = (np.asarray(x, dtype=np.float64) for x in second)
+  again = verdict1 == "undecided"
+  adjusted2 = adjust(np.where(again, p2, p1), multiplicity)
+  verdict2 = np.asarray(decide(d2, adjusted2, e2, level), dtype=object)
+  return Decisions(np.where(again, verdict2, verdict1), np.where(again, adjusted2, adjusted1),
+                   np.where(again, 2, one))
 
 
 def _check_level(alpha: float) -> None:

@@ -278,8 +278,9 @@ def build_report(records: Sequence[Record], facts: SuiteFacts, *,
   win = _Windows(windows, window_tokens, window_documents)
   level = alpha / stages.looks
 
-  # Look 1: every cell on the first-stage seeds.
-  drafts: dict[tuple[Column, int], dict[str, Any]] = {}
+  # Look 1: every cell on the first-stage seeds; look 2: the cells undecided at look 1 on
+  # all their reporting seeds (oracle cells: every reporting seed, no verdict).
+  first: dict[tuple[Column, int], dict[str, Any]] = {}
   for h, point in sorted(env.items()):
     reference_column = Column(point.family, envelope_candidate)
     for c in columns:
@@ -288,20 +289,32 @@ def build_report(records: Sequence[Record], facts: SuiteFacts, *,
       role = ("reference" if c == reference_column else "oracle" if c in oracles
               else "primary" if c == primary else "secondary")
       seeds = stages.first + (stages.second if role == "oracle" else ())
-      drafts[(c, h)] = _draft(records, choices[c], h, point, reference_column, seeds, role,
-                              win, level, margin)
-  _adjust_and_decide(drafts, multiplicity, level, look=1)
-  # Look 2: cells undecided at look 1 on all their reporting seeds.
-  if stages.second:
-    for key, draft in list(drafts.items()):
-      if draft["role"] in ("primary", "secondary") and draft["verdict"] == "undecided":
-        c, h = key
-        point = env[h]
-        drafts[key] = _draft(records, choices[c], h, point, Column(point.family,
-                             envelope_candidate), stages.first + stages.second, draft["role"],
+      first[(c, h)] = _draft(records, choices[c], h, point, reference_column, seeds, role,
                              win, level, margin)
-        drafts[key]["look"] = 2
-    _adjust_and_decide(drafts, multiplicity, level, look=2)
+  drafts = dict(first)
+  for role in ("primary", "secondary"):
+    keys = [k for k, d in first.items() if d["role"] == role]
+    if not keys:
+      continue
+    arrays = lambda ds: tuple(np.array([d[f] for d in ds], dtype=np.float64)
+                              for f in ("delta", "p_value", "p_equivalence"))
+    look1 = stats.sequential_decisions(arrays([first[k] for k in keys]), None, alpha=alpha,
+                                       looks=stages.looks, multiplicity=multiplicity)
+    second = None
+    if stages.second:
+      for k, v in zip(keys, look1.verdict):
+        if v == "undecided":
+          c, h = k
+          point = env[h]
+          drafts[k] = dict(_draft(records, choices[c], h, point,
+                                  Column(point.family, envelope_candidate),
+                                  stages.first + stages.second, role, win, level, margin))
+      second = arrays([drafts[k] for k in keys])
+    decisions = stats.sequential_decisions(arrays([first[k] for k in keys]), second,
+                                           alpha=alpha, looks=stages.looks,
+                                           multiplicity=multiplicity)
+    for k, v, p, look in zip(keys, *decisions):
+      drafts[k] = dict(drafts[k], verdict=str(v), p_adjusted=float(p), look=int(look))
 
   rows = []
   for h, point in sorted(env.items()):
@@ -355,21 +368,6 @@ def _draft(records, choice: Choice, horizon: int, point: tuning.EnvelopePoint,
   return dict(out, delta=iv.delta, se_seed=iv.se_seed, se_eval=iv.se_eval, se=iv.se, df=iv.df,
               ci_low=iv.low, ci_high=iv.high, p_value=iv.p_value,
               p_equivalence=iv.p_equivalence)
-
-
-def _adjust_and_decide(drafts: dict, multiplicity: str, level: float, look: int) -> None:
-  """Adjusts p-values within each family; decides the cells of this look."""
-  for role in ("primary", "secondary"):
-    keys = [k for k, d in drafts.items() if d["role"] == role]
-    if not keys:
-      continue
-    adjusted = stats.adjust([drafts[k]["p_value"] for k in keys], multiplicity)
-    for k, p in zip(keys, adjusted):
-      draft = drafts[k]
-      if draft["look"] != look:
-        continue  # decided at an earlier look: its verdict is final
-      draft["p_adjusted"] = float(p)
-      draft["verdict"] = stats.decide(draft["delta"], p, draft["p_equivalence"], level)
 
 
 def undecided_cells(report: Report) -> list[Undecided]:
