@@ -345,6 +345,38 @@ def test_eval_batches_fixed_complete_and_sharded(text_config):
     np.testing.assert_array_equal(b["inputs"], np.concatenate([h0["inputs"], h1["inputs"]]))
 
 
+def test_eval_window_documents_follow_the_batches_rows(text_config):
+  seq_len, batch = 16, 4
+  docs_bytes = [len(d.encode("utf-8")) + 1 for d in VALIDATION_DOCS]  # + its EOS
+  owner = np.repeat(np.arange(len(VALIDATION_DOCS)), docs_bytes)  # reference: token -> doc
+  batches = data.make_eval_batches(text_config, BYTE, seq_len=seq_len, batch_size=batch,
+                                   num_batches=0)
+  documents = data.eval_window_documents(text_config, BYTE, seq_len=seq_len, batch_size=batch,
+                                         num_batches=0)
+  assert documents.shape == (len(batches) * batch,)
+  stream = _byte_stream(VALIDATION_DOCS)
+  starts = {tuple(stream[i:i + seq_len + 1]): i for i in range(0, len(stream), seq_len + 1)}
+  row = 0
+  for b in batches:
+    for r in range(batch):
+      if not b["weights"][r].any():
+        assert documents[row] == -1
+      else:
+        n = int(b["weights"][r].sum())
+        start = starts[tuple(np.concatenate([b["inputs"][r][:1], b["targets"][r][:n]]))]
+        expected = np.bincount(owner[start + 1:start + 1 + n]).argmax()  # majority of targets
+        assert documents[row] == expected
+      row += 1
+  assert set(documents[documents >= 0]) == set(range(len(VALIDATION_DOCS)))
+  halves = [data.eval_window_documents(text_config, BYTE, seq_len=seq_len, batch_size=batch,
+                                       num_batches=2, process_index=p, process_count=2)
+            for p in range(2)]
+  for b in range(2):
+    np.testing.assert_array_equal(
+        documents[b * batch:(b + 1) * batch],
+        np.concatenate([halves[0][b * 2:(b + 1) * 2], halves[1][b * 2:(b + 1) * 2]]))
+
+
 def test_unigram_entropy_matches_scipy(text_config):
   reference = _byte_stream(VALIDATION_DOCS)
   expected = stats.entropy(np.bincount(reference))

@@ -82,7 +82,7 @@ def test_anytime_method_gets_one_lr_by_mean_over_horizons():
   # Per horizon the optimum drifts down; the mean picks one LR for all horizons.
   records = _records("constant", "ema_25", {100: lrs[3], 200: lrs[2], 400: lrs[2]}, lrs)
   records += _records("cosine", "raw", {100: lrs[3], 200: lrs[2], 400: lrs[1]}, lrs)
-  choices = tuning.choose_all(records, tuning_seed=0)
+  choices = tuning.choose_all(records, tuning_seeds=0, per_horizon_methods=("cosine",))
   anytime = choices[Column("constant", "ema_25")]
   assert not anytime.per_horizon
   assert {o.lr for o in anytime.optima.values()} == {lrs[2]}
@@ -96,8 +96,9 @@ def test_planned_extensions_per_horizon_and_per_anytime_method():
   records = _records("cosine", "raw", {100: lrs[1], 200: lrs[0] / 4}, lrs)
   records += _records("constant", "ema_25", {100: lrs[2] * 4, 200: lrs[2] * 4}, lrs)
   records += _records("constant", "raw", {100: lrs[1], 200: lrs[1]}, lrs, seed=1)  # not tuning
-  plan = tuning.planned_extensions(records, tuning_seed=0,
-                                   initial_grids={"cosine": lrs, "constant": lrs})
+  plan = tuning.planned_extensions(records, tuning_seeds=0,
+                                   initial_grids={"cosine": lrs, "constant": lrs},
+                                   per_horizon_methods=("cosine",))
   assert plan == {("cosine", 200): pytest.approx((lrs[0] / SQRT2,)),
                   ("constant", None): pytest.approx((lrs[2] * SQRT2,))}
 
@@ -112,13 +113,29 @@ def test_envelope_picks_family_on_tuning_seed_and_keeps_its_seed_losses():
       Record("d2z", "raw", 200, 2e-3, 0, 1.20), Record("d2z", "raw", 200, 1e-3, 0, 1.30),
       Record("cosine", "raw", 200, 2e-3, 0, 1.25),
   ]
-  choices = tuning.choose_all(records, tuning_seed=0)
-  env = tuning.envelope(records, choices)
+  choices = tuning.choose_all(records, tuning_seeds=0, per_horizon_methods=("cosine", "d2z"))
+  env = tuning.envelope(records, choices, families=("cosine", "d2z"))
   assert env[100].family == "cosine" and env[100].lr == 2e-3
   assert env[100].losses == {0: 1.40, 1: 1.44}
   assert env[200].family == "d2z"
   with pytest.raises(ValueError, match="families"):
     tuning.envelope(records, choices, families=("cosine_zero",))
+
+
+def test_several_tuning_seeds_choose_by_their_mean_and_other_seeds_never_choose():
+  records = [Record("cosine", "raw", 100, 1e-3, 0, 1.0), Record("cosine", "raw", 100, 2e-3, 0, 1.2),
+             Record("cosine", "raw", 100, 1e-3, 5, 1.6), Record("cosine", "raw", 100, 2e-3, 5, 1.2),
+             Record("cosine", "raw", 100, 1e-3, 1, 0.0), Record("cosine", "raw", 100, 2e-3, 1, 9.0)]
+  curves = tuning.tuning_curves(records, tuning_seeds=(0, 5))
+  assert curves[Column("cosine", "raw")][100] == Curve((1e-3, 2e-3), (1.3, 1.2))
+  choice = tuning.choose_all(records, tuning_seeds=[0, 5], per_horizon_methods=("cosine",))
+  assert choice[Column("cosine", "raw")].optima[100].lr == 2e-3  # seed 1 (reporting) ignored
+  assert tuning.choose_all(records, tuning_seeds=0, per_horizon_methods=("cosine",))[
+      Column("cosine", "raw")].optima[100].lr == 1e-3
+  with pytest.raises(ValueError, match="tuning_seeds"):
+    tuning.choose_all(records, tuning_seeds=(), per_horizon_methods=("cosine",))
+  with pytest.raises(ValueError, match="tuning_seeds"):
+    tuning.choose_all(records, tuning_seeds=7, per_horizon_methods=("cosine",))
 
 
 @pytest.mark.parametrize("method, final, body", [

@@ -10,12 +10,15 @@ its grid or is flagged as still on an edge.
 - An anytime method gets ONE LR for all horizons (the anytime constraint): the LR with the
   lowest MEAN loss over the horizons, with the same edge logic.
 
-The choice uses the tuning seed only (the LR grid's runs); other seeds re-run the chosen LRs
-and give the noise floor (``anytime.experiments.stats``). The envelope is, per horizon, the
-baseline family whose chosen LR is best on the tuning seed; its per-seed losses are then used
-as they are (taking each seed's minimum over families would bias the envelope low).
+Every choice (LR, the envelope's family) uses the TUNING seeds only (their mean loss per LR
+when there are several); fresh reporting seeds re-run the chosen configurations and give every
+reported number (``anytime.experiments.stats``). Choosing and reporting on the same seed is a
+winner's curse: the minimum over a grid is biased low on the seed it was taken on. The envelope
+is, per horizon, the baseline family whose chosen LR is best on the tuning seeds; its per-seed
+losses are then used as they are (taking each seed's minimum over families would bias it low).
 
-Pure functions over :class:`Record` s; no I/O.
+No method name is hard-coded: callers say which methods are tuned per horizon and which are the
+baseline families. Pure functions over :class:`Record` s; no I/O.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 SQRT2 = 2 ** 0.5
-BASELINE_FAMILIES = ("cosine", "d2z", "cosine_zero")
 _REL_TOL = 1e-6  # LRs are floats from a grid: equal when this close
 
 
@@ -170,32 +172,46 @@ def choose(column: Column, curves: Mapping[int, Curve], *, per_horizon: bool) ->
       for h, c in sorted(curves.items())})
 
 
-def tuning_curves(records: Iterable[Record], *, tuning_seed: int
+def seed_set(tuning_seeds: int | Collection[int]) -> frozenset[int]:
+  """``tuning_seeds`` as a non-empty set (an int is one seed)."""
+  seeds = frozenset([tuning_seeds] if isinstance(tuning_seeds, int) else tuning_seeds)
+  if not seeds or not all(isinstance(s, int) for s in seeds):
+    raise ValueError(f"tuning_seeds: need an int or a non-empty collection of ints, got "
+                     f"{tuning_seeds!r}")
+  return seeds
+
+
+def tuning_curves(records: Iterable[Record], *, tuning_seeds: int | Collection[int]
                   ) -> dict[Column, dict[int, Curve]]:
-  """Loss-vs-LR curve per column and horizon, from the tuning seed's records."""
-  points: dict[Column, dict[int, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
+  """Loss-vs-LR curve per column and horizon on the tuning seeds (mean over those present;
+  a diverged seed makes the point diverged)."""
+  seeds = seed_set(tuning_seeds)
+  points: dict[Column, dict[int, dict[float, list[float]]]] = defaultdict(
+      lambda: defaultdict(dict))
   for r in records:
-    if r.seed == tuning_seed:
-      points[Column(r.method, r.candidate)][r.horizon][float(r.peak_value)] = float(r.loss)
-  return {column: {h: Curve(tuple(sorted(p)), tuple(p[lr] for lr in sorted(p)))
+    if r.seed in seeds:
+      by_lr = points[Column(r.method, r.candidate)][r.horizon]
+      key = next((k for k in by_lr if same_lr(k, r.peak_value)), float(r.peak_value))
+      by_lr.setdefault(key, []).append(float(r.loss))
+  return {column: {h: Curve(tuple(sorted(p)), tuple(sum(p[lr]) / len(p[lr]) for lr in sorted(p)))
                    for h, p in sorted(by_h.items())}
           for column, by_h in points.items()}
 
 
-def choose_all(records: Iterable[Record], *, tuning_seed: int,
-               per_horizon_methods: Collection[str] = BASELINE_FAMILIES
-               ) -> dict[Column, Choice]:
-  """Every column's choice: per horizon for ``per_horizon_methods``, else one LR."""
-  curves = tuning_curves(records, tuning_seed=tuning_seed)
+def choose_all(records: Iterable[Record], *, tuning_seeds: int | Collection[int],
+               per_horizon_methods: Collection[str]) -> dict[Column, Choice]:
+  """Every column's choice on the tuning seeds: per horizon for ``per_horizon_methods``,
+  else one LR for all horizons."""
+  curves = tuning_curves(records, tuning_seeds=tuning_seeds)
   if not curves:
-    raise ValueError(f"tuning_seed: no record has seed {tuning_seed}")
+    raise ValueError(f"tuning_seeds: no record has a seed in {sorted(seed_set(tuning_seeds))}")
   return {column: choose(column, by_h, per_horizon=column.method in per_horizon_methods)
           for column, by_h in curves.items()}
 
 
-def planned_extensions(records: Iterable[Record], *, tuning_seed: int,
+def planned_extensions(records: Iterable[Record], *, tuning_seeds: int | Collection[int],
                        initial_grids: Mapping[str, Sequence[float]],
-                       per_horizon_methods: Collection[str] = BASELINE_FAMILIES,
+                       per_horizon_methods: Collection[str],
                        factor: float = SQRT2, max_extensions: int = 3
                        ) -> dict[tuple[str, int | None], tuple[float, ...]]:
   """LRs still to run: ``(method, horizon)`` for per-horizon methods, ``(method, None)`` else.
@@ -203,7 +219,7 @@ def planned_extensions(records: Iterable[Record], *, tuning_seed: int,
   Every candidate of a method is considered (union), so a method's run gets the points any of
   its columns needs. Methods missing from ``initial_grids`` are not extended.
   """
-  curves = tuning_curves(records, tuning_seed=tuning_seed)
+  curves = tuning_curves(records, tuning_seeds=tuning_seeds)
   out: dict[tuple[str, int | None], set[float]] = defaultdict(set)
   for column, by_h in curves.items():
     if column.method not in initial_grids:
@@ -226,9 +242,9 @@ def seed_losses(records: Iterable[Record], column: Column, horizon: int,
 
 
 def envelope(records: Sequence[Record], choices: Mapping[Column, Choice], *,
-             families: Sequence[str] = BASELINE_FAMILIES,
-             candidate: str = "raw") -> dict[int, EnvelopePoint]:
-  """Per horizon, the family best on the tuning seed at its chosen LR, with its seed losses."""
+             families: Sequence[str], candidate: str = "raw") -> dict[int, EnvelopePoint]:
+  """Per horizon, the family best on the tuning seeds at its chosen LR, with its losses on
+  every seed (the caller keeps the reporting seeds)."""
   present = [Column(f, candidate) for f in families if Column(f, candidate) in choices]
   if not present:
     raise ValueError(f"families: none of {list(families)} has records with candidate "

@@ -1,72 +1,139 @@
-"""The comparison suite's verdict: table assembly and rendering (Markdown, CSV, JSON, plots).
+"""The comparison suite's verdict: choices on tuning seeds, cells on reporting seeds, two looks.
 
-From the suite's long-form :class:`~anytime.experiments.tuning.Record` s and its
-:class:`SuiteFacts`, :func:`build_report` assembles one row per horizon (steps, tokens,
-tokens per non-embedding parameter and its Chinchilla multiple) with the envelope of the
-baseline families (which family won) and, for every column (method x candidate), its loss over
-seeds (mean ± standard error), its delta to the envelope (± standard error), the verdict
-("win" / "loss" / "tie", see :mod:`anytime.experiments.stats`), the chosen LR and an edge mark
-where the optimum stayed on its grid's edge. It also keeps the loss-vs-LR curves of the tuning
-seed and writes a short paragraph on what the suite can and cannot conclude.
+:func:`build_report` turns the suite's long-form :class:`~anytime.experiments.tuning.Record` s
+(tuning-seed AND reporting-seed runs) and per-window evaluation losses into a :class:`Report`:
 
-Only :func:`write_report` writes files; everything else returns values.
+1. **Choices on the tuning seeds only** (:mod:`anytime.experiments.tuning`): every column's LR
+   (per horizon for horizon-bound methods, one LR for anytime methods) and, per horizon, the
+   envelope's family. The tuning seeds' runs stay in the loss-vs-LR tables and nowhere else.
+2. **Cells on the reporting seeds only**: per (column, horizon) the paired delta to the envelope
+   over the reporting seeds, its seed standard error, the evaluation set's error of THAT delta
+   (per-window differences of the two sides' seed-mean losses, clustered by source document),
+   the combined t interval with Welch-Satterthwaite df, the two-sided and TOST p-values
+   (:mod:`anytime.experiments.stats`). Without window data a cell falls back to its seed error
+   and is flagged (``eval_status == "missing"``).
+3. **Multiplicity.** One primary column (default constant + EMA-25) is its own family: its
+   cells at every horizon are Holm-adjusted among themselves at ``alpha`` (the anytime claim is
+   "at every horizon", so each horizon is a hypothesis of the primary family). All other tested
+   cells form the secondary family, Holm-adjusted together at ``alpha``. The family-wise error
+   rate is at most ``alpha`` within each family (at most ``2 alpha`` over both). Equivalence
+   ("equivalent") is a per-cell TOST at the look's level. Oracle columns get an interval and
+   no test; the envelope's own family at a horizon is the reference (delta 0, no test).
+4. **Two looks.** With ``Stages(first, second, looks=2)`` the level is split equally between
+   the looks (``alpha / 2`` each; Bonferroni over looks, valid whatever the dependence between
+   them, since look 2 reuses look 1's seeds). Look 1 decides every cell on the first-stage
+   seeds; cells "undecided" there (:func:`undecided_cells`) get the second-stage seeds and are
+   decided at look 2 on all their reporting seeds, with Holm over the family in which decided
+   cells keep their look-1 p-values. A verdict made at look 1 is final. The family-wise error
+   over both looks is at most ``alpha`` per family (union bound).
+
+Rendering lives in :mod:`anytime.experiments.report_text` (Markdown, CSV, JSON, the terminal
+summary) and :mod:`anytime.experiments.plots`; :func:`write_report` writes ``report/``.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
-import statistics
+from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 from etils import epath
 
 from anytime.experiments import stats, tuning
-from anytime.experiments.stats import Delta, SamplingError, Summary, Verdict
+from anytime.experiments.stats import Summary
 from anytime.experiments.tuning import Choice, Column, Curve, Record
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0  # Hoffmann et al. 2022: compute-optimal at ~20 tokens/param
 EDGE_MARK = "†"
+DEFAULT_PRIMARY = Column("constant", "ema_25")
+WindowKey = tuple[str, str, int, float, int]  # (method, candidate, horizon, peak_value, seed)
 
 
 @dataclasses.dataclass(frozen=True)
 class SuiteFacts:
-  """Suite-level facts the table needs besides the records."""
+  """Suite-level facts the report states besides the records."""
   base_steps: int  # the 1x horizon, in steps
   tokens_per_step: int
   non_embedding_params: int
   total_params: int
   eval_tokens: int  # validation tokens per evaluation
-  tuning_seed: int  # records with this seed come from the LR grid
-  # horizon -> per-token loss std of one evaluation (gives a lower bound on the eval error)
-  eval_loss_std: Mapping[int, float] = dataclasses.field(default_factory=dict)
-  # horizon -> per-window mean losses of one evaluation (the preferred eval error estimate)
-  window_losses: Mapping[int, Sequence[float]] = dataclasses.field(default_factory=dict)
-  # horizon -> per-window mean losses of two different models on the same windows: the eval
-  # set's error of a delta
-  paired_window_losses: Mapping[int, tuple[Sequence[float], Sequence[float]]] = (
-      dataclasses.field(default_factory=dict))
+  runs: int | None = None  # runs trained in all (tuning, reporting, second stage)
+  second_stage_runs: int | None = None  # of which the second stage's (undecided cells)
+  wall_seconds: float | None = None  # the suite's wall time
 
   def __post_init__(self):
     for name in ("base_steps", "tokens_per_step", "non_embedding_params", "total_params",
                  "eval_tokens"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    for name in ("runs", "second_stage_runs", "wall_seconds"):
+      value = getattr(self, name)
+      if value is not None and value < 0:
+        raise ValueError(f"{name} must be >= 0 or None, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stages:
+  """Which reporting seeds belong to which look.
+
+  ``first``: the reporting seeds every cell gets; ``second``: seeds the suite added for cells
+  undecided at look 1 (empty before it trains them); ``looks``: the looks PLANNED before any
+  data were seen (the level is split between them; 2 whenever ``max_seeds > seeds``, even if
+  no cell turns out undecided).
+  """
+  first: tuple[int, ...]
+  second: tuple[int, ...] = ()
+  looks: int = 2
+
+  def __post_init__(self):
+    object.__setattr__(self, "first", tuple(sorted(self.first)))
+    object.__setattr__(self, "second", tuple(sorted(self.second)))
+    if set(self.first) & set(self.second):
+      raise ValueError(f"stages: seeds {sorted(set(self.first) & set(self.second))} are in both "
+                       "stages")
+    if self.looks not in (1, 2):
+      raise ValueError(f"stages.looks must be 1 or 2, got {self.looks}")
+    if self.second and self.looks < 2:
+      raise ValueError("stages: second-stage seeds need looks=2 (planned before the data)")
 
 
 class Cell(NamedTuple):
-  """One column at one horizon."""
+  """One column at one horizon, against the envelope (every number on reporting seeds)."""
   column: Column
   horizon: int
   lr: float
   edge: bool  # the chosen LR is still on an edge of its grid
-  loss: Summary
-  delta: Delta  # to the envelope
-  verdict: Verdict
+  role: str  # "primary" | "secondary" | "oracle" (no test) | "reference" (is the envelope)
+  seeds: tuple[int, ...]  # reporting seeds of the delta
+  look: int  # the look that made the verdict (1 or 2)
+  loss: Summary  # the column on ``seeds``
+  reference: Summary  # the envelope on ``seeds``
+  delta: float
+  se_seed: float
+  se_eval: float  # nan when the window data are missing
+  eval_status: str  # "clustered" | "missing" (seed error only) | "n/a" (reference)
+  eval_clusters: int  # documents behind se_eval
+  se: float  # sqrt(se_seed² + se_eval²)
+  df: float  # Welch-Satterthwaite
+  ci_low: float  # (1 - level) interval, level = the look's alpha
+  ci_high: float
+  p_value: float  # two-sided, raw
+  p_adjusted: float  # within its family (nan: not tested)
+  p_equivalence: float  # TOST against ±margin
+  level: float  # the look's alpha
+  verdict: str  # win | loss | equivalent | undecided | oracle | reference
+
+  @property
+  def tested(self) -> bool:
+    return self.role in ("primary", "secondary")
+
+  @property
+  def within_margin(self) -> bool:
+    return bool(self.p_equivalence <= self.level)
 
 
 class Row(NamedTuple):
@@ -79,7 +146,8 @@ class Row(NamedTuple):
   envelope_family: str
   envelope_lr: float
   envelope_edge: bool
-  envelope: Summary
+  envelope: Summary  # on the first-stage reporting seeds
+  envelope_tuning_loss: float  # on the tuning seeds (the choice)
   cells: tuple[Cell, ...]
 
 
@@ -90,404 +158,264 @@ class Report:
   rows: tuple[Row, ...]
   columns: tuple[Column, ...]
   choices: Mapping[Column, Choice]
-  curves: Mapping[Column, Mapping[int, Curve]]
-  sampling_error: SamplingError | None
-  delta_sampling_error: SamplingError | None  # the eval set's error of a delta (paired)
-  include_tuning_seed: bool
-  threshold: float  # a delta within this many standard errors is a tie
+  curves: Mapping[Column, Mapping[int, Curve]]  # loss vs LR on the tuning seeds
+  tuning_seeds: tuple[int, ...]
+  stages: Stages
+  primary: Column | None
+  alpha: float  # family-wise level per family, over all looks
+  margin: float  # equivalence margin, nats
+  multiplicity: str
+  window_documents: int  # documents behind the evaluation windows (0: no window data)
+  window_count: int
+  anytime_curve: Mapping[str, Sequence[tuple[int, float]]]
+
+  @property
+  def level_per_look(self) -> float:
+    return self.alpha / self.stages.looks
+
+  @property
+  def cells(self) -> tuple[Cell, ...]:
+    return tuple(c for row in self.rows for c in row.cells)
+
+  @property
+  def looks_done(self) -> int:
+    return 2 if self.stages.second else 1
+
+
+class Undecided(NamedTuple):
+  """A cell for the second stage: the runs it needs are the column's and the envelope's."""
+  column: Column
+  horizon: int
+  lr: float
+  envelope_family: str
+  envelope_lr: float
+  seeds: tuple[int, ...]  # its reporting seeds so far
+
+
+# ------------------------------------------------------------------------------ windows
+
+
+class _Windows:
+  """Per-window loss sums of every evaluation, looked up by (column, horizon, lr, seed)."""
+
+  def __init__(self, windows: Mapping[WindowKey, np.ndarray] | None, tokens, documents):
+    self.by_key: dict[tuple[str, str, int, int], list[tuple[float, np.ndarray]]] = (
+        defaultdict(list))
+    self.tokens = self.documents = None
+    if not windows:
+      return
+    if tokens is None or documents is None:
+      raise ValueError("window_tokens and window_documents: needed with windows")
+    self.tokens = np.asarray(tokens, dtype=np.float64)
+    self.documents = np.asarray(documents)
+    if self.tokens.ndim != 1 or self.documents.shape != self.tokens.shape:
+      raise ValueError(f"window_tokens and window_documents: need one entry per window, got "
+                       f"shapes {self.tokens.shape} and {self.documents.shape}")
+    for (method, candidate, horizon, lr, seed), sums in windows.items():
+      sums = np.asarray(sums, dtype=np.float64)
+      if sums.shape != self.tokens.shape:
+        raise ValueError(f"windows[{(method, candidate, horizon, lr, seed)}]: need "
+                         f"{self.tokens.size} windows, got shape {sums.shape}")
+      self.by_key[(method, candidate, int(horizon), int(seed))].append((float(lr), sums))
+
+  def get(self, column: Column, horizon: int, lr: float, seed: int) -> np.ndarray | None:
+    for x, sums in self.by_key.get((column.method, column.candidate, horizon, seed), ()):
+      if tuning.same_lr(x, lr):
+        return sums
+    return None
+
+  @property
+  def num_documents(self) -> int:
+    return 0 if self.documents is None else int(np.unique(self.documents).size)
 
 
 # ------------------------------------------------------------------------------ assembly
 
 
 def build_report(records: Sequence[Record], facts: SuiteFacts, *,
-                 families: Sequence[str] = tuning.BASELINE_FAMILIES,
-                 per_horizon_methods: Collection[str] = tuning.BASELINE_FAMILIES,
-                 include_tuning_seed: bool = True,
-                 threshold: float = stats.TIE_THRESHOLD) -> Report:
-  """Assembles the table from the suite's records (see the module docstring)."""
+                 tuning_seeds: int | Collection[int],
+                 families: Sequence[str],
+                 per_horizon_methods: Collection[str],
+                 windows: Mapping[WindowKey, np.ndarray] | None = None,
+                 window_tokens: np.ndarray | None = None,
+                 window_documents: np.ndarray | None = None,
+                 margin: float = 0.01, alpha: float = 0.05,
+                 primary: Column | None = DEFAULT_PRIMARY,
+                 multiplicity: str = "holm",
+                 stages: Stages | None = None,
+                 oracle_columns: Collection[Column] = (),
+                 anytime_curve: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+                 envelope_candidate: str = "raw") -> Report:
+  """Assembles the report (see the module docstring).
+
+  ``windows``: per-window validation loss SUMS of an evaluation, keyed by
+  ``(method, candidate, horizon, peak_value, seed)``; ``window_tokens`` the token count and
+  ``window_documents`` the source document of each window (the same windows for every
+  evaluation). ``stages`` None: every non-tuning seed is a first-stage seed and one look is
+  planned. ``anytime_curve``: ``{candidate: [(step, loss), ...]}`` of the one constant run.
+  """
   records = list(records)
   if not records:
     raise ValueError("records: the suite produced no evaluated numbers")
-  choices = tuning.choose_all(records, tuning_seed=facts.tuning_seed,
+  if not margin > 0:
+    raise ValueError(f"margin must be > 0 nats, got {margin}")
+  if not 0 < alpha < 0.5:
+    raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
+  stats.adjust([], multiplicity)  # validates the name
+  tuning_set = tuning.seed_set(tuning_seeds)
+  if stages is None:
+    stages = Stages(tuple(sorted({r.seed for r in records} - tuning_set)), (), 1)
+  overlap = tuning_set & (set(stages.first) | set(stages.second))
+  if overlap:
+    raise ValueError(f"stages: seeds {sorted(overlap)} are tuning seeds; reporting seeds must "
+                     "take no part in a choice")
+  choices = tuning.choose_all(records, tuning_seeds=tuning_set,
                               per_horizon_methods=per_horizon_methods)
-  env = tuning.envelope(records, choices, families=families)
+  env = tuning.envelope(records, choices, families=families, candidate=envelope_candidate)
   columns = tuple(sorted(choices, key=lambda c: (c.method not in families, c.method,
                                                  c.candidate)))
-  keep = lambda losses: _seeds(losses, facts.tuning_seed, include_tuning_seed)
+  oracles = set(oracle_columns)
+  win = _Windows(windows, window_tokens, window_documents)
+  level = alpha / stages.looks
+
+  # Look 1: every cell on the first-stage seeds; look 2: the cells undecided at look 1 on
+  # all their reporting seeds (oracle cells: every reporting seed, no verdict).
+  first: dict[tuple[Column, int], dict[str, Any]] = {}
+  for h, point in sorted(env.items()):
+    reference_column = Column(point.family, envelope_candidate)
+    for c in columns:
+      if h not in choices[c].optima:
+        continue
+      role = ("reference" if c == reference_column else "oracle" if c in oracles
+              else "primary" if c == primary else "secondary")
+      seeds = stages.first + (stages.second if role == "oracle" else ())
+      first[(c, h)] = _draft(records, choices[c], h, point, reference_column, seeds, role,
+                             win, level, margin)
+  drafts = dict(first)
+  for role in ("primary", "secondary"):
+    keys = [k for k, d in first.items() if d["role"] == role]
+    if not keys:
+      continue
+    arrays = lambda ds: tuple(np.array([d[f] for d in ds], dtype=np.float64)
+                              for f in ("delta", "p_value", "p_equivalence"))
+    look1 = stats.sequential_decisions(arrays([first[k] for k in keys]), None, alpha=alpha,
+                                       looks=stages.looks, multiplicity=multiplicity)
+    second = None
+    if stages.second:
+      for k, v in zip(keys, look1.verdict):
+        if v == "undecided":
+          c, h = k
+          point = env[h]
+          drafts[k] = dict(_draft(records, choices[c], h, point,
+                                  Column(point.family, envelope_candidate),
+                                  stages.first + stages.second, role, win, level, margin))
+      second = arrays([drafts[k] for k in keys])
+    decisions = stats.sequential_decisions(arrays([first[k] for k in keys]), second,
+                                           alpha=alpha, looks=stages.looks,
+                                           multiplicity=multiplicity)
+    for k, v, p, look in zip(keys, *decisions):
+      drafts[k] = dict(drafts[k], verdict=str(v), p_adjusted=float(p), look=int(look))
+
   rows = []
   for h, point in sorted(env.items()):
-    reference = keep(point.losses)
-    cells = tuple(_cell(records, choices[c], h, reference, keep, threshold)
-                  for c in columns if h in choices[c].optima)
     tokens = h * facts.tokens_per_step
     per_param = tokens / facts.non_embedding_params
-    family_choice = choices[Column(point.family, "raw")]
+    family_choice = choices[Column(point.family, envelope_candidate)]
+    first = [point.losses[s] for s in stages.first if s in point.losses]
+    cells = tuple(Cell(**drafts[(c, h)]) for c in columns if (c, h) in drafts)
     rows.append(Row(h, h / facts.base_steps, tokens, per_param,
                     per_param / CHINCHILLA_TOKENS_PER_PARAM, point.family, point.lr,
-                    family_choice.optima[h].at_edge, stats.summarize(list(reference.values())),
-                    cells))
-  curves = tuning.tuning_curves(records, tuning_seed=facts.tuning_seed)
-  return Report(facts, tuple(rows), columns, choices, curves, sampling_error(facts),
-                delta_sampling_error(facts), include_tuning_seed, threshold)
+                    family_choice.optima[h].at_edge,
+                    stats.summarize(first) if first else Summary(math.nan, math.nan, 0),
+                    family_choice.optima[h].loss, cells))
+  curves = tuning.tuning_curves(records, tuning_seeds=tuning_set)
+  return Report(facts, tuple(rows), columns, choices, curves, tuple(sorted(tuning_set)), stages,
+                primary if primary in choices else None, alpha, margin, multiplicity,
+                win.num_documents, 0 if win.tokens is None else int(win.tokens.size),
+                dict(anytime_curve or {}))
 
 
-def _seeds(losses: Mapping[int, float], tuning_seed: int, include: bool) -> dict[int, float]:
-  """Drops the tuning seed when asked, unless it is the only one."""
-  if include or set(losses) == {tuning_seed}:
-    return dict(losses)
-  return {s: v for s, v in losses.items() if s != tuning_seed}
-
-
-def _cell(records: Sequence[Record], choice: Choice, horizon: int,
-          reference: Mapping[int, float], keep, threshold: float) -> Cell:
+def _draft(records, choice: Choice, horizon: int, point: tuning.EnvelopePoint,
+           reference_column: Column, seeds: Sequence[int], role: str, win: _Windows,
+           level: float, margin: float) -> dict[str, Any]:
+  """A cell's numbers on the given seeds (those both sides have); verdict filled later."""
   optimum = choice.optima[horizon]
-  losses = keep(tuning.seed_losses(records, choice.column, horizon, optimum.lr))
-  d = stats.delta(losses, reference)
-  return Cell(choice.column, horizon, optimum.lr, optimum.at_edge,
-              stats.summarize(list(losses.values())), d,
-              stats.verdict(d.mean, d.se, threshold))
+  losses = tuning.seed_losses(records, choice.column, horizon, optimum.lr)
+  both = tuple(s for s in seeds if s in losses and s in point.losses)
+  nan = math.nan
+  out = dict(column=choice.column, horizon=horizon, lr=optimum.lr, edge=optimum.at_edge,
+             role=role, seeds=both, look=1, level=level, se_eval=nan, eval_status="missing",
+             eval_clusters=0, p_adjusted=nan, verdict=role if role in ("oracle", "reference")
+             else "undecided")
+  if not both:
+    empty = Summary(nan, nan, 0)
+    return dict(out, loss=empty, reference=empty, delta=nan, se_seed=nan, se=nan, df=nan,
+                ci_low=nan, ci_high=nan, p_value=nan, p_equivalence=nan)
+  d = stats.delta(losses, point.losses, both)
+  out.update(loss=stats.summarize([losses[s] for s in both]),
+             reference=stats.summarize([point.losses[s] for s in both]))
+  if role == "reference":
+    return dict(out, delta=0.0, se_seed=0.0, se=0.0, df=nan, ci_low=0.0, ci_high=0.0,
+                p_value=nan, p_equivalence=nan, eval_status="n/a")
+  se_eval, clusters = nan, 0
+  a = [win.get(choice.column, horizon, optimum.lr, s) for s in both]
+  b = [win.get(reference_column, horizon, point.lr, s) for s in both]
+  if win.tokens is not None and all(x is not None for x in a + b):
+    error = stats.clustered_delta_error(a, b, win.tokens, win.documents)
+    se_eval, clusters = error.se, error.clusters
+    out.update(eval_status="clustered", eval_clusters=clusters)
+  iv = stats.interval(d.mean, d.se, d.num_seeds, se_eval, clusters, alpha=level, margin=margin)
+  return dict(out, delta=iv.delta, se_seed=iv.se_seed, se_eval=iv.se_eval, se=iv.se, df=iv.df,
+              ci_low=iv.low, ci_high=iv.high, p_value=iv.p_value,
+              p_equivalence=iv.p_equivalence)
 
 
-def sampling_error(facts: SuiteFacts) -> SamplingError | None:
-  """The largest eval-set sampling error over horizons: per-window if given, else per-token."""
-  if facts.window_losses:
-    return max((stats.window_sampling_error(w) for w in facts.window_losses.values()),
-               key=lambda e: e.value)
-  if facts.eval_loss_std:
-    return stats.token_sampling_error(max(facts.eval_loss_std.values()), facts.eval_tokens)
-  return None
-
-
-def delta_sampling_error(facts: SuiteFacts) -> SamplingError | None:
-  """The largest eval-set error of a delta (two models, same windows) over horizons."""
-  if not facts.paired_window_losses:
-    return None
-  return max((stats.paired_window_sampling_error(a, b)
-              for a, b in facts.paired_window_losses.values()), key=lambda e: e.value)
-
-
-# ------------------------------------------------------------------------------ text
-
-
-def _pm(summary: Summary) -> str:
-  if math.isnan(summary.se):
-    return f"{summary.mean:.4f}"
-  return f"{summary.mean:.4f} ± {summary.se:.4f}"
-
-
-def _delta_text(d: Delta) -> str:
-  if math.isnan(d.se):
-    return f"{d.mean:+.4f}"
-  return f"{d.mean:+.4f} ± {d.se:.4f}"
-
-
-def _lr(lr: float, edge: bool) -> str:
-  return f"lr {lr:.3g}" + (EDGE_MARK if edge else "")
-
-
-def _num(x: float) -> str:
-  """3 significant digits without exponents for the table's ratios (20, 0.5, 1,280)."""
-  return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
-def _horizon_cells(row: Row) -> list[str]:
-  return [f"{row.multiplier:g}x", str(row.horizon), f"{row.tokens:,}",
-          f"{_num(row.tokens_per_param)} ({_num(row.chinchilla)}x)"]
-
-
-def markdown_table(report: Report) -> str:
-  """Rows = horizons; per column: mean ± s.e. (delta ± s.e., verdict) and the chosen LR."""
-  labels = [c.label for c in report.columns]
-  lines = ["| horizon | steps | tokens | tokens/param (Chinchilla) | envelope | "
-           + " | ".join(labels) + " |",
-           "|---|---:|---:|---:|---|" + "---|" * len(labels)]
-  for row in report.rows:
-    by_column = {cell.column: cell for cell in row.cells}
-    envelope = (f"{_pm(row.envelope)} {row.envelope_family} "
-                f"{_lr(row.envelope_lr, row.envelope_edge)}")
-    cells = [_cell_text(by_column[c]) if c in by_column else "–" for c in report.columns]
-    lines.append("| " + " | ".join(_horizon_cells(row) + [envelope] + cells) + " |")
-  return "\n".join(lines)
-
-
-def _cell_text(cell: Cell) -> str:
-  return (f"{_pm(cell.loss)} ({_delta_text(cell.delta)} {cell.verdict}) "
-          f"{_lr(cell.lr, cell.edge)}")
-
-
-def table_notes(report: Report) -> str:
-  """The legend under the table."""
-  f = report.facts
-  anytime = [c.label for c in report.columns if not report.choices[c].per_horizon]
-  return "\n".join([
-      f"Loss: validation nats/token, mean ± standard error over seeds; in brackets the delta to "
-      f"the envelope (negative = better) ± its standard error and the verdict (tie when "
-      f"|delta| < {report.threshold:g} s.e.; always a tie with one seed).",
-      "Envelope: per horizon the best baseline family on the tuning seed at its own tuned LR "
-      "(its per-seed losses are then used as they are).",
-      f"Tokens/param: per non-embedding parameter ({f.non_embedding_params:,}; "
-      f"{f.total_params:,} with embeddings); Chinchilla = {CHINCHILLA_TOKENS_PER_PARAM:g} "
-      "tokens/param.",
-      "LR: the chosen peak LR; baselines are tuned per horizon, "
-      + (f"these columns have ONE LR for all horizons, chosen by the mean loss over horizons: "
-         f"{', '.join(anytime)}." if anytime else "no column has a horizon-free LR.")
-      + f" {EDGE_MARK} = the optimum is still on an edge of its grid (maybe under-tuned)."])
-
-
-def _grid(report: Report, horizon: int) -> list[float]:
-  lrs: list[float] = []
-  for by_h in report.curves.values():
-    for lr in by_h.get(horizon, Curve((), ())).lrs:
-      if not any(tuning.same_lr(lr, x) for x in lrs):
-        lrs.append(lr)
-  return sorted(lrs)
-
-
-def lr_curves_markdown(report: Report) -> str:
-  """Per horizon: loss vs LR of each column on the tuning seed; the chosen LR in bold."""
-  parts = []
-  for row in report.rows:
-    grid = _grid(report, row.horizon)
-    lines = [f"**{row.multiplier:g}x ({row.horizon} steps), tuning seed "
-             f"{report.facts.tuning_seed}**", "",
-             "| column | " + " | ".join(f"{lr:.3g}" for lr in grid) + " |",
-             "|---|" + "---:|" * len(grid)]
-    for column in report.columns:
-      curve = report.curves[column].get(row.horizon)
-      if curve is None:
-        continue
-      chosen = report.choices[column].optima[row.horizon].lr
-      lines.append(f"| {column.label} | " + " | ".join(
-          _curve_cell(curve, lr, chosen) for lr in grid) + " |")
-    parts.append("\n".join(lines))
-  return "\n\n".join(parts)
-
-
-def _curve_cell(curve: Curve, lr: float, chosen: float) -> str:
-  for x, loss in zip(curve.lrs, curve.losses):
-    if tuning.same_lr(x, lr):
-      text = f"{loss:.4f}"
-      return f"**{text}**" if tuning.same_lr(x, chosen) else text
-  return "–"
-
-
-def conclusions(report: Report) -> str:
-  """The paragraph "What this suite can and cannot conclude", from the numbers."""
-  cells = [cell for row in report.rows for cell in row.cells
-           if cell.column.method != row.envelope_family or cell.column.candidate != "raw"]
-  seeds = sorted({cell.loss.num_seeds for cell in cells} | {r.envelope.num_seeds
-                                                            for r in report.rows})
-  counts = {v: sum(cell.verdict == v for cell in cells) for v in ("win", "loss", "tie")}
-  edges = sum(cell.edge for cell in cells) + sum(r.envelope_edge for r in report.rows)
-  floors = [report.threshold * cell.delta.se for cell in cells if math.isfinite(cell.delta.se)]
-  noise = [r.envelope.se * math.sqrt(r.envelope.num_seeds) for r in report.rows
-           if math.isfinite(r.envelope.se)]
-  text = [f"Seeds per configuration: {_span(seeds)}"
-          + ("" if report.include_tuning_seed else " (the tuning seed left out)")
-          + (", the tuning seed included (it also chose the LRs, which favours the "
-             "envelope slightly)" if report.include_tuning_seed else "") + "."]
-  if not floors:
-    text.append("With one seed there is no noise floor: no delta can be called a win or a "
-                "loss, and every one is reported as a tie.")
-  else:
-    text.append(f"Noise floor: a delta must exceed {report.threshold:g} standard errors, here "
-                f"{statistics.median(floors):.4f} nats (median; {min(floors):.4f}-"
-                f"{max(floors):.4f}), to count.")
-  if noise:
-    text.append(f"The same configuration's loss varies by {statistics.median(noise):.4f} "
-                "nats between seeds (std of the envelope, median over horizons).")
-  text.append(_sampling_sentence(report.sampling_error, noise))
-  delta_noise = [cell.delta.se * math.sqrt(cell.delta.num_seeds) for cell in cells
-                 if math.isfinite(cell.delta.se) and cell.delta.se > 0]
-  text.append(_delta_sampling_sentence(report.delta_sampling_error, delta_noise))
-  paired = sum(cell.delta.paired for cell in cells)
-  text.append(f"Of {len(cells)} deltas to the envelope, {counts['tie']} are ties, "
-              f"{counts['win']} wins and {counts['loss']} losses; {paired} are paired over "
-              "seeds (same seeds on both sides)"
-              + (f", {len(cells) - paired} unpaired (Welch)." if paired < len(cells) else "."))
-  text.append(f"{edges} chosen LRs stayed on a grid edge ({EDGE_MARK}): those columns may be "
-              "under-tuned." if edges else "Every chosen LR is inside its grid.")
-  text.append("A tie means the suite cannot tell the two apart at this scale and seed count, "
-              "not that they are equal.")
-  return " ".join(text)
-
-
-def _span(values: Sequence[int]) -> str:
-  return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
-
-
-def _sampling_sentence(error: SamplingError | None, noise: Sequence[float]) -> str:
-  if error is None:
-    return "The evaluation set's own sampling error was not measured."
-  text = f"Evaluation-set sampling error: {error.value:.4f} nats ({error.note})"
-  if not noise:
-    return text + "."
-  ratio = error.value / statistics.median(noise)
-  verdict = ("well below the seed noise" if ratio < 0.3 else
-             "NOT well below the seed noise: the absolute losses carry it (enlarge the "
-             "evaluation set to shrink it)")
-  return (text + f", {ratio:.2f}x the seed noise: {verdict}. Every column is evaluated on the "
-          "same windows, so this error largely cancels in the deltas to the envelope.")
-
-
-def _delta_sampling_sentence(error: SamplingError | None, noise: Sequence[float]) -> str:
-  if error is None:
-    return ("The evaluation set's error of a delta (two models on the same windows) was not "
-            "measured.")
-  text = (f"Evaluation-set error of a delta: {error.value:.4f} nats ({error.note}; the windows "
-          "are the same for every seed, so the seed standard errors do not contain it)")
-  if not noise:
-    return text + "."
-  ratio = error.value / statistics.median(noise)
-  return text + (f", {ratio:.2f}x the seed noise of a delta (std over seeds, median "
-                 f"{statistics.median(noise):.4f}): "
-                 + ("well below it." if ratio < 0.3 else
-                    "NOT well below it: enlarge the evaluation set before trusting a verdict."))
-
-
-# ------------------------------------------------------------------------------ CSV / JSON
-
-
-def long_rows(report: Report) -> list[dict[str, Any]]:
-  """One flat dict per (horizon, column), the envelope first: the CSV/JSON rows."""
+def undecided_cells(report: Report) -> list[Undecided]:
+  """The tested cells still "undecided": the second stage's work (empty after look 2)."""
+  if report.looks_done >= report.stages.looks:
+    return []
   out = []
   for row in report.rows:
-    base = dict(horizon=row.horizon, multiplier=row.multiplier, tokens=row.tokens,
-                tokens_per_param=row.tokens_per_param, chinchilla_multiple=row.chinchilla)
-    out.append(dict(base, column="envelope", method=row.envelope_family, candidate="raw",
-                    lr=row.envelope_lr, edge=row.envelope_edge, mean=row.envelope.mean,
-                    se=row.envelope.se, num_seeds=row.envelope.num_seeds, delta=0.0,
-                    delta_se=math.nan, paired=True, verdict=""))
     for cell in row.cells:
-      out.append(dict(base, column=cell.column.label, method=cell.column.method,
-                      candidate=cell.column.candidate, lr=cell.lr, edge=cell.edge,
-                      mean=cell.loss.mean, se=cell.loss.se, num_seeds=cell.loss.num_seeds,
-                      delta=cell.delta.mean, delta_se=cell.delta.se, paired=cell.delta.paired,
-                      verdict=cell.verdict))
+      if cell.tested and cell.verdict == "undecided":
+        out.append(Undecided(cell.column, row.horizon, cell.lr, row.envelope_family,
+                             row.envelope_lr, cell.seeds))
   return out
-
-
-def csv_text(report: Report) -> str:
-  rows = long_rows(report)
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-  writer.writeheader()
-  writer.writerows(rows)
-  return buffer.getvalue()
-
-
-def _json_safe(value: Any) -> Any:
-  return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def json_dict(report: Report) -> dict[str, Any]:
-  """The report as JSON-ready data (non-finite numbers as null)."""
-  f = report.facts
-  curves = [dict(column=c.label, method=c.method, candidate=c.candidate, horizon=h,
-                 lrs=list(curve.lrs), losses=[_json_safe(x) for x in curve.losses],
-                 chosen_lr=report.choices[c].optima[h].lr,
-                 one_lr_for_all_horizons=not report.choices[c].per_horizon)
-            for c, by_h in report.curves.items() for h, curve in by_h.items()]
-  error = report.sampling_error
-  return dict(
-      facts=dict(base_steps=f.base_steps, tokens_per_step=f.tokens_per_step,
-                 non_embedding_params=f.non_embedding_params, total_params=f.total_params,
-                 eval_tokens=f.eval_tokens, tuning_seed=f.tuning_seed),
-      rows=[{k: _json_safe(v) for k, v in r.items()} for r in long_rows(report)],
-      lr_curves=curves,
-      eval_sampling_error=None if error is None else error._asdict(),
-      delta_eval_sampling_error=(None if report.delta_sampling_error is None
-                                 else report.delta_sampling_error._asdict()),
-      conclusions=conclusions(report))
-
-
-# ------------------------------------------------------------------------------ plots
-
-
-def plot_lr_curves(report: Report):
-  """Loss vs peak LR (tuning seed), one panel per horizon, a line per tuned column."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-
-  tuned = [c for c in report.columns
-           if any(len(curve.lrs) > 1 for curve in report.curves[c].values())]
-  fig = Figure(figsize=(4.0 * max(len(report.rows), 1), 3.8))
-  axes = fig.subplots(1, max(len(report.rows), 1), squeeze=False)[0]
-  for ax, row in zip(axes, report.rows):
-    for column in tuned:
-      curve = report.curves[column].get(row.horizon)
-      if curve is None:
-        continue
-      (line,) = ax.plot(curve.lrs, curve.losses, "o-", ms=3, label=column.label)
-      chosen = report.choices[column].optima[row.horizon]
-      ax.plot([chosen.lr], [chosen.loss], "*", ms=11, color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_title(f"{row.multiplier:g}x: {_num(row.tokens_per_param)} tokens/param", fontsize=9)
-    ax.set_xlabel("peak LR")
-    ax.grid(alpha=0.3, which="both")
-  axes[0].set_ylabel(f"validation loss, seed {report.facts.tuning_seed}")
-  axes[0].legend(fontsize=6)
-  fig.suptitle("Loss vs LR per horizon (★ = chosen)", fontsize=10)
-  fig.tight_layout()
-  return fig
-
-
-def plot_loss_vs_tokens(report: Report):
-  """Envelope (mean ± s.e.) and each horizon-free column vs tokens (top axis: tokens/param)."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-
-  fig = Figure(figsize=(7.5, 4.8))
-  ax = fig.subplots()
-  tokens = [r.tokens for r in report.rows]
-  ax.errorbar(tokens, [r.envelope.mean for r in report.rows],
-              yerr=[_zero_if_nan(r.envelope.se) for r in report.rows], fmt="k-o", lw=2,
-              capsize=3, label="envelope (baselines tuned per horizon)", zorder=5)
-  for column in report.columns:
-    if report.choices[column].per_horizon:
-      continue
-    cells = [(r.tokens, c) for r in report.rows for c in r.cells if c.column == column]
-    ax.errorbar([t for t, _ in cells], [c.loss.mean for _, c in cells],
-                yerr=[_zero_if_nan(c.loss.se) for _, c in cells], fmt="-s", ms=4, capsize=3,
-                alpha=0.85, label=f"{column.label} (one LR)")
-  ax.set_xscale("log")
-  ax.set_xlabel("tokens")
-  ax.set_ylabel("validation loss (nats/token)")
-  per_param = report.facts.non_embedding_params
-  top = ax.secondary_xaxis("top", functions=(lambda t: t / per_param, lambda p: p * per_param))
-  top.set_xlabel("tokens per non-embedding parameter (Chinchilla = 20)")
-  ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  return fig
-
-
-def _zero_if_nan(value: float) -> float:
-  return 0.0 if math.isnan(value) else value
 
 
 # ------------------------------------------------------------------------------ files
 
 
+def terminal_summary(report: Report, width: int = 100) -> str:
+  """Compact console summary (methods x horizons); see :mod:`report_text`."""
+  from anytime.experiments import report_text  # pylint: disable=g-import-not-at-top
+  return report_text.terminal_summary(report, width)
+
+
 def report_markdown(report: Report) -> str:
-  return "\n\n".join([markdown_table(report), table_notes(report),
-                      "### What this suite can and cannot conclude", conclusions(report),
-                      "### Loss vs LR (tuning seed)", lr_curves_markdown(report)]) + "\n"
+  """The full Markdown report (``table.md``)."""
+  from anytime.experiments import report_text  # pylint: disable=g-import-not-at-top
+  return report_text.report_markdown(report)
 
 
 def write_report(out_dir: str | epath.Path, report: Report) -> dict[str, epath.Path]:
-  """Writes table.md, table.csv, table.json, loss_vs_lr.png, loss_vs_tokens.png to out_dir.
-
-  Call it from one process only (e.g. ``jax.process_index() == 0``).
-  """
+  """Writes table.md, table.csv, table.json, deltas.csv, loss_vs_lr.png, deltas.png and (with
+  an anytime curve) anytime.png to ``out_dir``. Call it from one process only."""
+  from anytime.experiments import plots, report_text  # pylint: disable=g-import-not-at-top
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  paths = {name: out / name for name in ("table.md", "table.csv", "table.json",
-                                         "loss_vs_lr.png", "loss_vs_tokens.png")}
-  paths["table.md"].write_text(report_markdown(report))
-  paths["table.csv"].write_text(csv_text(report))
-  paths["table.json"].write_text(json.dumps(json_dict(report), indent=2, allow_nan=False))
-  for name, figure in (("loss_vs_lr.png", plot_lr_curves(report)),
-                       ("loss_vs_tokens.png", plot_loss_vs_tokens(report))):
+  paths = {name: out / name for name in ("table.md", "table.csv", "table.json", "deltas.csv")}
+  paths["table.md"].write_text(report_text.report_markdown(report))
+  paths["table.csv"].write_text(report_text.csv_text(report_text.long_rows(report)))
+  paths["deltas.csv"].write_text(report_text.csv_text(report_text.delta_rows(report)))
+  paths["table.json"].write_text(json.dumps(report_text.json_dict(report), indent=2,
+                                            allow_nan=False))
+  figures = {"loss_vs_lr.png": plots.plot_lr_curves(report),
+             "deltas.png": plots.plot_deltas(report)}
+  if report.anytime_curve:
+    figures["anytime.png"] = plots.plot_anytime(report)
+  for name, figure in figures.items():
+    paths[name] = out / name
     with paths[name].open("wb") as f:
       figure.savefig(f, dpi=130)
   return paths

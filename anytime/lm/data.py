@@ -457,14 +457,9 @@ def make_eval_batches(
                      f"{process_count}")
   stream = _load_stream(config, tokenizer, "validation", streams)
   window = seq_len + 1
-  num_windows = math.ceil(len(stream) / window)
-  available = math.ceil(num_windows / batch_size)
-  num_batches = available if num_batches == 0 else min(num_batches, available)
-  order = np.random.default_rng(_EVAL_ORDER_SEED).permutation(num_windows)
   local = batch_size // process_count
   batches = []
-  for b in range(num_batches):
-    rows = order[b * batch_size + process_index * local:][:local].tolist()
+  for rows in _eval_rows(len(stream), window, batch_size, num_batches, process_index, local):
     tokens = np.full((local, window), tokenizer.eos_id, np.int32)
     real = np.zeros((local, window), np.float32)
     for r, w in enumerate(rows):
@@ -474,6 +469,64 @@ def make_eval_batches(
     batches.append({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
                     "weights": real[:, 1:]})
   return batches
+
+
+def _eval_rows(stream_len: int, window: int, batch_size: int, num_batches: int,
+               process_index: int, local: int) -> list[list[int]]:
+  """Per evaluation batch, the window indices of this process's rows (fewer at the end)."""
+  num_windows = math.ceil(stream_len / window)
+  available = math.ceil(num_windows / batch_size)
+  num_batches = available if num_batches == 0 else min(num_batches, available)
+  order = np.random.default_rng(_EVAL_ORDER_SEED).permutation(num_windows)
+  return [order[b * batch_size + process_index * local:][:local].tolist()
+          for b in range(num_batches)]
+
+
+def eval_window_documents(
+    config: ml_collections.ConfigDict,
+    tokenizer: tokenizer_lib.Tokenizer,
+    *,
+    seq_len: int,
+    batch_size: int,
+    num_batches: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    streams: StreamCache | None = None,
+) -> np.ndarray:
+  """The source document of every row of ``make_eval_batches`` (same arguments), flattened in
+  the batches' row order (batch 0's rows, then batch 1's, ...); -1 for an all-padding row.
+
+  The validation stream is ``doc EOS doc EOS ...``: a token's document is the number of EOS
+  tokens before it (an EOS belongs to the document it ends). A window that spans several
+  documents is assigned the one that contributes most of its targets (ties: the first).
+  These are the clusters of the evaluation set's clustered standard error
+  (``anytime.experiments.stats.cluster_se``).
+  """
+  validate_config(config)
+  seq_len = _check_int("seq_len", seq_len, 1)
+  batch_size = _check_int("batch_size", batch_size, 1)
+  num_batches = _check_int("num_batches", num_batches, 0)
+  _check_process(process_index, process_count)
+  if batch_size % process_count:
+    raise ValueError(f"batch_size={batch_size} must be divisible by process_count="
+                     f"{process_count}")
+  stream = _load_stream(config, tokenizer, "validation", streams)
+  tokens = np.asarray(stream.read(0, len(stream)))
+  is_eos = tokens == tokenizer.eos_id
+  document = np.concatenate([[0], np.cumsum(is_eos)[:-1]])  # EOS tokens before each token
+  window = seq_len + 1
+  local = batch_size // process_count
+  out = []
+  for rows in _eval_rows(len(stream), window, batch_size, num_batches, process_index, local):
+    for w in rows:
+      targets = document[w * window + 1:(w + 1) * window]  # the window's targets' documents
+      if targets.size == 0:
+        out.append(-1)
+        continue
+      values, counts = np.unique(targets, return_counts=True)
+      out.append(int(values[np.argmax(counts)]))
+    out += [-1] * (local - len(rows))
+  return np.asarray(out, dtype=np.int64)
 
 
 def unigram_entropy(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer,
