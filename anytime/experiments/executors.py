@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import re
 import shlex
 import sys
 import time
@@ -58,9 +59,17 @@ class UnitsFailed(RuntimeError):
     self.failures = dict(failures)
     self.logs = logs
     keys = sorted(failures)
-    first = next(iter(failures.values())).strip().splitlines()
     super().__init__(f"{len(keys)} unit(s) failed after retries: {', '.join(keys)}; logs: {logs}; "
-                     f"first error: {first[-1] if first else '?'}")
+                     f"first error ({keys[0]}): {_error_line(failures[keys[0]])}")
+
+
+def _error_line(text: str) -> str:
+  """The exception line of a traceback (its last ``SomeError: ...`` line), else its last line."""
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  for line in reversed(lines):
+    if re.match(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b", line):
+      return line
+  return lines[-1] if lines else "?"
 
 
 def default_executor_config() -> ml_collections.ConfigDict:
@@ -427,6 +436,9 @@ def _run_slurm(units, execute, config, env, log, workdir):
         jobs = executor.submit_array(
             [_SubmititUnit(execute, blobs[u.key], u.key, env) for u in chunk])
         by_id = {job.job_id: u.key for job, u in zip(jobs, chunk)}
+        if s.cluster == "local":  # no network file system here: no need to wait 15 s for
+          for job in jobs:        # the result file of a job that died
+            job._results_timeout_s = 1  # pylint: disable=protected-access
         log(f"executor slurm: attempt {attempt + 1}: {len(jobs)} job(s) submitted "
             f"({_fmt(dict(resources))}), e.g. job {jobs[0].job_id}")
         for job in submitit.helpers.as_completed(jobs, poll_frequency=s.poll_s):
