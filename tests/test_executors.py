@@ -193,6 +193,7 @@ def test_local_runs_units_in_order_and_skips_finished_ones(tmp_path):
   assert all(len(attempts(tmp_path, f"u{i}")) == 1 for i in range(3))  # skipped, not re-run
 
 
+@pytest.mark.slow
 def test_ray_starts_and_stops_a_local_cluster_of_its_own(tmp_path):
   ray = pytest.importorskip("ray")
   if ray.is_initialized():
@@ -202,6 +203,7 @@ def test_ray_starts_and_stops_a_local_cluster_of_its_own(tmp_path):
   assert outputs(tmp_path) == {"u0": expected()["u0"]} and not ray.is_initialized()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ray", "slurm"], indirect=True)
 def test_engine_matches_local_and_sets_env_before_import(engine, tmp_path):
   executors.run_units(units_in(tmp_path / "local"), execute, config=config("local"), env=ENV)
@@ -213,6 +215,7 @@ def test_engine_matches_local_and_sets_env_before_import(engine, tmp_path):
     assert at_import == at_run == "tagged"  # set in the worker before the unit's module loaded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ray", "slurm"], indirect=True)
 def test_killed_worker_is_retried_and_resumes(engine, tmp_path):
   units = units_in(tmp_path, u1={"die_at": 2}, u2={"fail_at": 3})
@@ -225,6 +228,7 @@ def test_killed_worker_is_retried_and_resumes(engine, tmp_path):
   assert [a[1] for a in attempts(tmp_path, "u2")] == ["0", "3"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ray", "slurm"], indirect=True)
 def test_failure_after_retries_names_units_and_logs(engine, tmp_path):
   engine.ray.max_retries = engine.slurm.max_retries = 1
@@ -236,6 +240,7 @@ def test_failure_after_retries_names_units_and_logs(engine, tmp_path):
   assert "cannot work" in str(info.value)
 
 
+@pytest.mark.slow
 def test_killed_coordinator_rerun_finishes_the_rest(tmp_path):
   """SIGKILL the process running run_units mid-suite; running it again skips the finished
   unit, resumes the interrupted one from its checkpoint and runs the last one."""

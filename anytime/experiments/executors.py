@@ -170,6 +170,12 @@ def run_units(units: Sequence[Unit], execute: Callable[[Unit], None], *,
   env = {str(k): str(v) for k, v in (env or {}).items()}
   if not units:
     return
+  if config.name != "local":
+    for what, module in (("execute", getattr(execute, "__module__", None)),
+                         ("the unit type", type(units[0]).__module__)):
+      if module in (None, "__main__"):
+        raise ValueError(f"{what} must live in an importable module, not {module!r}: workers "
+                         "import it by reference")
   engine = {"local": _run_local, "ray": _run_ray, "slurm": _run_slurm}[config.name]
   start = time.perf_counter()
   engine(list(units), execute, config, env, log, workdir)
