@@ -2,7 +2,7 @@
 
 The import name is ``anytime``. The core install (``anytime.schedules``, ``anytime.averaging``)
 needs jax + optax + numpy only; the trainer, data, checkpointing, labs and plots come with the
-extras ``[train]``, ``[labs]`` and ``[dev]``.
+extras ``[train]``, ``[labs]`` and ``[dev]``; the suite's Ray and SLURM executors with ``[cluster]``.
 """
 
 import re
@@ -25,6 +25,9 @@ TRAIN = [
     "matplotlib",
 ]
 LABS = ["scipy", "matplotlib", "ml_collections>=1.0", "flax>=0.12"]
+# The suite on a cluster (suite.executor = "ray" | "slurm"); not in DEV: CI's 2 cores and ~10
+# minutes have no room for its ~50 s of Ray/submitit tests (they skip without this extra).
+CLUSTER = ["ray>=2.40", "submitit>=1.5"]
 DEV = sorted(set(TRAIN + LABS + [
     "pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "sphinx>=7",
 ]))
@@ -42,5 +45,5 @@ setup(
     package_data={"anytime": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=["jax>=0.7", "optax>=0.2.6", "numpy"],
-    extras_require={"train": TRAIN, "labs": LABS, "dev": DEV},
+    extras_require={"train": TRAIN, "labs": LABS, "cluster": CLUSTER, "dev": DEV},
 )
