@@ -173,3 +173,84 @@ def posthoc_tracking(config: ml_collections.ConfigDict) -> dict:
   if not config.train.snapshot_every:
     return {}
   return posthoc.default_tracking(tuple(config.train.snapshot_sigma_rels))
+
+
+# ---------------------------------------------------------------------------- the suite's schema
+
+
+def default_executor() -> ml_collections.ConfigDict:
+  """``suite.executor``: which engine runs the suite's units (``experiments.executors``)."""
+  return ml_collections.ConfigDict(dict(
+      name="local",  # local | ray | slurm
+      ray=dict(
+          address="",  # "" starts a local cluster; "auto" or "HOST:PORT" joins one
+          num_cpus=0,  # the local cluster's CPUs (0 = all cores); unused when joining
+          num_cpus_per_unit=1.0,  # a unit that declares no "CPU"
+          max_retries=3,  # re-runs after a worker/node death (and exceptions, see below)
+          retry_exceptions=True,  # a unit that raised is retried too, from the same budget
+      ),
+      slurm=dict(
+          cluster="slurm",  # slurm | local (submitit's local executor: subprocesses here)
+          folder="",  # submitit's jobs and logs; "" = WORKDIR/executor/slurm (shared FS)
+          partition="",
+          account="",
+          gpus_per_node=0,  # a unit that declares "GPU" gets that many instead
+          cpus_per_task=1,  # a unit that declares "CPU" gets that many instead
+          mem_gb=0.0,  # 0 = the partition's default
+          timeout_min=24 * 60,
+          setup=[],  # shell lines run before each job (module load ..., source venv)
+          array_parallelism=64,  # jobs of one array running at once
+          max_retries=3,  # resubmissions of a failed job (timeouts/preemption: submitit requeues)
+          poll_s=5.0,  # how often the coordinator looks at the jobs
+      ),
+  ))
+
+
+def default_suite() -> ml_collections.ConfigDict:
+  """The comparison suite's options (``config.suite``) with their defaults. Method names are
+  checked against the registry (``anytime.experiments.methods``) before anything runs."""
+  return ml_collections.ConfigDict(dict(
+      base_steps=100,  # T, the 1x horizon, in steps
+      multipliers=[1, 2, 4, 8],
+      baselines=["cosine", "d2z"],  # tuned per horizon; "cosine_zero" is the third option
+      methods=["constant", "inverse_sqrt", "wsd_s", "schedule_free"],  # one LR for all horizons
+      warmup_steps=10,
+      warmup_init_fraction=0.1,
+      cosine_final_fraction=0.1,
+      lr_centre=3e-3,  # the initial grid: lr_points values, lr_factor apart, around lr_centre
+      lr_points=3,
+      lr_factor=2 ** 0.5,
+      lr_grids={},  # {method: [LR, ...]}: a fixed starting grid for that method instead
+      max_extensions=3,  # per side: how far a grid may grow when its best LR is on an edge
+      tuning_seeds=[0],  # every choice (LRs, the envelope's family) is made on these seeds
+      seeds=3,  # reporting seeds, fresh: tuning_seeds never report a mean, delta or verdict
+      max_seeds=3,  # > seeds: undecided cells get more seeds in a second stage, up to this
+      equivalence_margin=0.01,  # nats: "equivalent" when the interval lies inside ±margin
+      alpha=0.05,
+      primary=["constant", "ema_25"],  # [method, candidate]: the primary comparison
+      multiplicity="holm",  # holm | bonferroni | none: across the other cells
+      max_batch_runs=12,  # runs trained as one vmapped program at most
+      inverse_sqrt_offset=40.0,
+      ema_factors=[6.25, 25.0, 100.0],
+      headline_ema=25.0,  # the seed paper's EMA-25
+      lawa_every=0,  # 0 = base_steps // 10
+      lawa_size=10,
+      wsd_cooldown_fraction=0.2,
+      wsd_variants=[["1-sqrt", 0.0], ["linear", 0.0], ["1-sqrt", 0.1], ["linear", 0.1]],
+      wsd_s_cooldown_fraction=0.2,  # of the base horizon T
+      evals_per_base=2,  # evaluations per T along the anytime runs (for the curves)
+      posthoc_sigma_rels=[0.05, 0.1, 0.2],  # reconstructed after training ([] = off)
+      snapshots_per_base=10,
+      merge_last=[4],  # merge the last k checkpoints before each horizon ([] = off)
+      merge_ema_alpha=0.5,  # the "ema" merge's decay per checkpoint
+      checkpoints_per_base=10,  # main checkpoints per T of the constant runs (for merging)
+      executor=default_executor(),
+      unit_resources={"CPU": 1},  # what one unit takes: {"GPU": 8}, {"TPU": 4, "TPU-v4-8-head": 1}
+      cost_mfu=0.4,  # --dry-run: accelerator-hours at this model FLOP utilization
+      cost_peak_flops=989e12,  # --dry-run: per accelerator (H100 dense bf16)
+  ))
+
+
+def suite_defaults() -> dict:
+  """Dotted ``suite.*`` defaults: what a key an older stored suite lacks meant then."""
+  return {f"suite.{k}": v for k, v in checkpoint.flatten(default_suite().to_dict()).items()}

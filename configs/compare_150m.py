@@ -24,7 +24,9 @@ import pathlib
 
 import ml_collections
 
-from anytime.experiments import compare
+from anytime import config as config_lib
+
+
 
 
 def _lm_150m():
@@ -39,7 +41,7 @@ def _lm_150m():
 def get_config():
   base = _lm_150m().get_config()
   base.train.eval_batches = 40
-  suite = compare.default_suite()
+  suite = config_lib.default_suite()
   suite.base_steps = 12_500
   suite.multipliers = [1, 2, 4, 8]
   suite.warmup_steps = 5_000

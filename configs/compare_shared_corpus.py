@@ -18,7 +18,7 @@ where it stopped. ``compare_shared_corpus_68k.py`` is the same suite at 1.7x the
 import ml_collections
 
 from anytime import config as config_lib
-from anytime.experiments import compare
+
 
 
 def get_config():
@@ -38,7 +38,7 @@ def get_config():
   base.train.log_every = 400
   base.parallel.mesh = dict(data=1, fsdp=1, tensor=1)
   base.parallel.num_devices = 1
-  suite = compare.default_suite()
+  suite = config_lib.default_suite()
   suite.base_steps = 800
   suite.multipliers = [1, 2, 4]
   suite.warmup_steps = 40

@@ -17,7 +17,7 @@ minutes on a 2-core CPU; the README gives the measured time and table.
 import ml_collections
 
 from anytime import config as config_lib
-from anytime.experiments import compare
+
 
 
 def get_config():
@@ -34,7 +34,7 @@ def get_config():
   base.train.log_every = 100
   base.parallel.mesh = dict(data=1, fsdp=1, tensor=1)
   base.parallel.num_devices = 1
-  suite = compare.default_suite()
+  suite = config_lib.default_suite()
   suite.base_steps = 100
   suite.multipliers = [1, 2, 4]
   suite.warmup_steps = 10

@@ -1,113 +1,60 @@
-"""The comparison suite: is one horizon-free run as good, at every horizon, as a schedule tuned
-for that horizon — measured so that the answer survives a closer look.
+"""The comparison suite's coordinator: is one horizon-free run as good, at every horizon, as a
+schedule tuned for that horizon — measured so that the answer survives a closer look.
 
-A suite config names a base horizon T (steps), horizons {1, 2, 4, 8}·T and methods:
+The suite's methods are objects in a registry (``experiments.methods``); its runs are cut into
+units (``experiments.plan``) that an engine executes (``experiments.executors``: this process,
+Ray or SLURM). The coordinator only plans, submits, waits and moves to the next phase:
 
-- baselines, tuned per horizon: ``cosine`` (to 10% of peak, the seed paper's), ``d2z``
-  (linear decay to zero, Bergsma et al. 2025), optionally ``cosine_zero``; the envelope is the
-  best family at each horizon;
-- anytime methods, one LR for all horizons: ``constant`` (evaluated with its anytime EMAs, a
-  LAWA window, post-hoc power EMAs, merges of its last checkpoints, and WSD decay branches to
-  zero and to 10%), ``inverse_sqrt``, ``wsd_s``, ``schedule_free``.
+1. tuning rounds on ``suite.tuning_seeds``: every trained method on its LR grid (baselines per
+   horizon, anytime methods once for all horizons), then the decay branches of those runs,
+   then post-training columns (post-hoc EMAs, checkpoint merges); where a best LR sits on a grid
+   edge the grid grows by one point on that side (``suite.max_extensions`` times at most);
+2. the choices (LRs, the envelope's family) are made on the tuning seeds only; the chosen
+   configurations are re-run with ``suite.seeds`` fresh reporting seeds, every reported
+   evaluation keeping its per-window losses;
+3. cells still undecided get more seeds, up to ``suite.max_seeds`` (a second look);
+4. the report (``experiments.verdict``) is built from the workdir alone.
 
-Tuning: every method starts from the same log-spaced LR grid; where a best LR lies on an edge
-of its grid, the grid is extended on that side (``suite.max_extensions`` times at most) and the
-missing runs are trained; an optimum still on an edge is marked in the report. Noise floor: the
-chosen configurations are re-run with ``suite.seeds`` seeds (init and data order); the report
-gives mean ± standard error, paired deltas to the envelope, and calls a delta within two
-standard errors a tie (``anytime.experiments.verdict``).
-
-Runs are trained by ``anytime.batched``: all runs that share a program (model, optimizer
-structure) and a length train as one vmapped program. Every run keeps its own directory in
-``workdir/runs/<name>``; finished runs are skipped, so an interrupted suite is simply restarted.
+Every run keeps its own directory in ``workdir/runs/<name>``; finished runs are skipped, so an
+interrupted suite is simply restarted (SIGTERM and Ctrl-C save the group in flight and exit 0).
 """
 
 from __future__ import annotations
 
-import copy
 import csv
-import dataclasses
 import io
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from etils import epath
 
-from anytime import batched, branches, checkpoint, loop, naming, schedules
+from anytime import batched, checkpoint, loop, naming
 from anytime import config as config_lib
-from anytime.experiments import merging, posthoc_eval, tuning, verdict
+from anytime import workdir as workdir_lib
+from anytime.experiments import executors, merging, plan, posthoc_eval, tuning, verdict
+from anytime.experiments import methods as methods_lib
+from anytime.experiments.plan import PlannedRun
 from anytime.lm import data as data_lib
 from anytime.lm import model as model_lib
 
-BASELINES = ("cosine", "d2z", "cosine_zero")
-ANYTIME = ("constant", "inverse_sqrt", "wsd_s", "schedule_free")
-TUNING_SEED = 0
+default_suite = config_lib.default_suite
+horizons = methods_lib.horizons
 
 
-def default_suite() -> ml_collections.ConfigDict:
-  """Suite options (``config.suite``) with their defaults."""
-  return ml_collections.ConfigDict(dict(
-      base_steps=100,  # T, the 1x horizon, in steps
-      multipliers=[1, 2, 4, 8],
-      baselines=["cosine", "d2z"],  # tuned per horizon; "cosine_zero" is the third option
-      methods=["constant", "inverse_sqrt", "wsd_s", "schedule_free"],  # one LR for all horizons
-      warmup_steps=10,
-      warmup_init_fraction=0.1,
-      cosine_final_fraction=0.1,
-      lr_centre=3e-3,  # the initial grid: lr_points values, lr_factor apart, around lr_centre
-      lr_points=3,
-      lr_factor=2 ** 0.5,
-      lr_grids={},  # {method: [LR, ...]}: a fixed starting grid for that method instead
-      max_extensions=3,  # per side: how far a grid may grow when its best LR is on an edge
-      seeds=3,  # the chosen configurations run with seeds 0..seeds-1 (0 = the tuning seed)
-      max_batch_runs=12,  # runs trained as one vmapped program at most
-      inverse_sqrt_offset=40.0,
-      ema_factors=[6.25, 25.0, 100.0],
-      headline_ema=25.0,  # the seed paper's EMA-25
-      lawa_every=0,  # 0 = base_steps // 10
-      lawa_size=10,
-      wsd_cooldown_fraction=0.2,
-      wsd_variants=[["1-sqrt", 0.0], ["linear", 0.0], ["1-sqrt", 0.1], ["linear", 0.1]],
-      wsd_s_cooldown_fraction=0.2,  # of the base horizon T
-      evals_per_base=2,  # evaluations per T along the anytime runs (for the curves)
-      posthoc_sigma_rels=[0.05, 0.1, 0.2],  # reconstructed after training ([] = off)
-      snapshots_per_base=10,
-      merge_last=[4],  # merge the last k checkpoints before each horizon ([] = off)
-      merge_ema_alpha=0.5,  # the "ema" merge's decay per checkpoint
-      checkpoints_per_base=10,  # main checkpoints per T of the constant runs (for merging)
-  ))
-
-
-class PlannedRun(NamedTuple):
-  """One run of the suite: its identity in the report and what ``batched`` trains."""
-
-  method: str
-  peak_value: float
-  seed: int
-  spec: batched.RunSpec
-
-
-def horizons(suite: ml_collections.ConfigDict) -> list[int]:
-  return sorted(suite.base_steps * m for m in suite.multipliers)
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Refuses a bad suite config with a one-line error naming the key."""
+def validate(config: ml_collections.ConfigDict) -> list[methods_lib.Method]:
+  """Refuses a bad suite config with a one-line error naming the key; returns its methods."""
   s = config.suite
-  for key, names, accepted in (("baselines", s.baselines, BASELINES),
-                               ("methods", s.methods, ANYTIME)):
-    unknown = sorted(set(names) - set(accepted))
-    if unknown:
-      raise ValueError(f"suite.{key}: unknown {unknown}; accepted: {list(accepted)}")
   if not s.baselines:
     raise ValueError("suite.baselines must name at least one baseline (the reference)")
+  methods = methods_lib.active(s)
   if not isinstance(s.base_steps, int) or s.base_steps < 2:
     raise ValueError(f"suite.base_steps must be an integer >= 2, got {s.base_steps!r}")
   if not s.multipliers or any(not isinstance(m, int) or m < 1 for m in s.multipliers):
@@ -120,13 +67,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("lr_points", "seeds", "max_batch_runs"):
     if not isinstance(s[key], int) or s[key] < 1:
       raise ValueError(f"suite.{key} must be a positive integer, got {s[key]!r}")
+  if not isinstance(s.max_seeds, int) or s.max_seeds < s.seeds:
+    raise ValueError(f"suite.max_seeds must be an integer >= suite.seeds ({s.seeds}), got "
+                     f"{s.max_seeds!r}")
+  if (not s.tuning_seeds or any(not isinstance(x, int) or x < 0 for x in s.tuning_seeds)):
+    raise ValueError(f"suite.tuning_seeds must be a non-empty list of integers >= 0, got "
+                     f"{list(s.tuning_seeds)}")
   if not isinstance(s.max_extensions, int) or s.max_extensions < 0:
     raise ValueError(f"suite.max_extensions must be a non-negative integer, got "
                      f"{s.max_extensions!r}")
+  if not 0 < s.alpha < 0.5:
+    raise ValueError(f"suite.alpha must be in (0, 0.5), got {s.alpha!r}")
+  if not s.equivalence_margin > 0:
+    raise ValueError(f"suite.equivalence_margin must be > 0 nats, got {s.equivalence_margin!r}")
+  if s.multiplicity not in ("holm", "bonferroni", "none"):
+    raise ValueError(f"suite.multiplicity must be 'holm', 'bonferroni' or 'none', got "
+                     f"{s.multiplicity!r}")
+  names = methods_lib.by_name(methods)
+  if (len(s.primary) != 2 or s.primary[0] not in names or
+      s.primary[1] not in _columns_of(names[s.primary[0]], methods, s)):
+    raise ValueError(f"suite.primary must be [method, candidate] of a column of the suite, got "
+                     f"{list(s.primary)}")
   for method, grid in s.lr_grids.items():
-    if method not in list(s.baselines) + list(s.methods):
-      raise ValueError(f"suite.lr_grids: {method!r} is not one of the suite's baselines or "
-                       f"methods {list(s.baselines) + list(s.methods)}")
+    if method not in names or names[method].parent is not None:
+      raise ValueError(f"suite.lr_grids: {method!r} is not one of the suite's trained methods "
+                       f"{[m.name for m in methods_lib.trained(methods)]}")
     if (not isinstance(grid, (list, tuple)) or not grid or
         any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in grid)):
       raise ValueError(f"suite.lr_grids.{method} must be a non-empty list of positive learning "
@@ -138,14 +103,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if s[every] < 1 or s.base_steps % s[every]:
       raise ValueError(f"suite.{every} ({s[every]}) must divide suite.base_steps "
                        f"({s.base_steps}) into whole steps")
-  for variant in s.wsd_variants:
-    # The shape names a branch directory: only the known shapes reach the file system.
-    if (len(variant) != 2 or variant[0] not in schedules.COOLDOWN_SHAPES or
-        not 0 <= variant[1] <= 1):
-      raise ValueError(f"suite.wsd_variants entries are [shape, final_fraction] with shape in "
-                       f"{schedules.COOLDOWN_SHAPES} and final_fraction in [0, 1], got "
-                       f"{list(variant)}")
+  methods_lib.validate_variants(s)
+  executors.validate_executor_config(s.executor)
   config_lib.validate_config(config.base)
+  return methods
+
+
+def _columns_of(method: methods_lib.Method, methods, s) -> tuple[str, ...]:
+  own = method.candidates(s)
+  extra = [c for m in methods if m.parent == method.name
+           and isinstance(m, methods_lib.PostTraining) for c in m.columns(s)]
+  return tuple(own) + tuple(extra)
 
 
 def initial_grid(suite: ml_collections.ConfigDict, method: str | None = None
@@ -157,253 +125,64 @@ def initial_grid(suite: ml_collections.ConfigDict, method: str | None = None
   return tuning.log_grid(suite.lr_centre, suite.lr_points, suite.lr_factor)
 
 
-def _schedule(method: str, lr: float, horizon: int, s: ml_collections.ConfigDict) -> dict:
-  warmup = dict(warmup_steps=s.warmup_steps, warmup_init_fraction=s.warmup_init_fraction)
-  if method in BASELINES:
-    name = "cosine" if method.startswith("cosine") else "linear"
-    final = s.cosine_final_fraction if method == "cosine" else 0.0
-    return dict(name=name, peak_value=lr, total_steps=horizon, final_fraction=final, **warmup)
-  if method == "inverse_sqrt":
-    return dict(name="inverse_sqrt", peak_value=lr, offset=s.inverse_sqrt_offset, **warmup)
-  if method == "wsd_s":
-    return dict(name="wsd_s", peak_value=lr, decay_ends=horizons(s),
-                cooldown_steps=naming.cooldown_steps(s.wsd_s_cooldown_fraction, s.base_steps),
-                shape="linear", final_fraction=0.0, **warmup)
-  return dict(name="constant", peak_value=lr, **warmup)
+def seed_plan(s: ml_collections.ConfigDict) -> tuple[list[int], list[int], list[int]]:
+  """(tuning seeds, first-stage reporting seeds, second-stage seeds): never overlapping."""
+  tuning_seeds = sorted(set(s.tuning_seeds))
+  fresh = [x for x in range(max(tuning_seeds) + 1 + s.max_seeds) if x not in tuning_seeds]
+  return tuning_seeds, fresh[:s.seeds], fresh[s.seeds:s.max_seeds]
 
 
-def _averages(s: ml_collections.ConfigDict) -> dict[str, dict]:
-  averages = {naming.ema_name(f): dict(kind="anytime_ema", factor=float(f))
-              for f in s.ema_factors}
-  averages["lawa"] = dict(kind="window", every=s.lawa_every or max(s.base_steps // 10, 1),
-                          size=s.lawa_size)
-  return averages
+# ---------------------------------------------------------------------------- phases
 
 
-def run_config(config: ml_collections.ConfigDict, method: str, lr: float, seed: int,
-               horizon: int) -> ml_collections.ConfigDict:
-  """The training config of one run of the suite."""
-  s, c = config.suite, copy.deepcopy(config.base)
-  c.unlock()
-  c.seed = seed
-  c.train.total_steps = horizon
-  c.optimizer.schedule = _schedule(method, lr, horizon, s)
-  c.train.eval_every = horizon
-  c.train.checkpoint_every = horizon
-  c.train.keep_checkpoints = 1
-  if method not in BASELINES:
-    c.train.eval_every = s.base_steps // s.evals_per_base
-    c.train.eval_at = horizons(s)
-  if method in ("constant", "inverse_sqrt"):
-    c.optimizer.averages = _averages(s)
-  if method == "constant":
-    c.train.checkpoint_every = s.base_steps // s.checkpoints_per_base
-    c.train.keep_checkpoints = 10**6  # every one: branch points and merges read them
-    if s.posthoc_sigma_rels:
-      c.train.snapshot_every = s.base_steps // s.snapshots_per_base
-  if method == "schedule_free":
-    c.optimizer.name = "schedule_free_adamw"
-  c.lock()
-  return c
+def _worker_env() -> dict[str, str]:
+  """What a worker must see before it imports JAX (the CPU device count of this process)."""
+  return {k: os.environ[k] for k in ("XLA_FLAGS", "ANYTIME_COMPILATION_CACHE") if k in os.environ}
 
 
-def run_name(method: str, lr: float, seed: int, horizon: int | None = None) -> str:
-  where = f"_{horizon}" if horizon is not None else ""
-  return f"{method}{where}_lr{naming.lr_tag(lr)}_s{seed}"
-
-
-def plan_runs(config: ml_collections.ConfigDict, workdir: epath.Path,
-              lrs: Mapping[tuple[str, int | None], Sequence[float]],
-              seeds: Sequence[int]) -> list[PlannedRun]:
-  """The main runs for ``lrs[(method, horizon or None)]`` and ``seeds``."""
-  s, longest = config.suite, horizons(config.suite)[-1]
-  planned = []
-  for (method, horizon), values in sorted(lrs.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-    for lr in values:
-      for seed in seeds:
-        name = run_name(method, lr, seed, horizon)
-        end = horizon or longest
-        keep = frozenset()
-        if method == "constant":
-          keep = frozenset(h - naming.cooldown_steps(s.wsd_cooldown_fraction, h)
-                           for h in horizons(s))
-        spec = batched.RunSpec(
-            name=name, config=run_config(config, method, lr, seed, end),
-            directory=checkpoint.main_dir(workdir / "runs" / name), end_step=end,
-            eval_steps=frozenset(horizons(s)) if horizon is None else frozenset(),
-            keep_steps=keep)
-        planned.append(PlannedRun(method, lr, seed, spec))
-  return planned
-
-
-def wsd_method(shape: str, final_fraction: float) -> str:
-  return f"wsd_{shape}_{final_fraction:g}"
-
-
-def plan_branches(config: ml_collections.ConfigDict, constant_runs: Sequence[PlannedRun]
-                  ) -> list[PlannedRun]:
-  """WSD decay branches of every constant run: each variant, one per horizon."""
-  s = config.suite
-  planned = []
-  for run in constant_runs:
-    run_dir = run.spec.directory.parent
-    for shape, final in s.wsd_variants:
-      for h in horizons(s):
-        cooldown = naming.cooldown_steps(s.wsd_cooldown_fraction, h)
-        name = naming.branch_name(f"{shape}_to{final:g}", h)
-        schedule = dict(run.spec.config.optimizer.schedule.to_dict(),
-                        decay=dict(branch_step=h - cooldown, cooldown_steps=cooldown,
-                                   shape=shape, final_fraction=float(final)))
-        spec = batched.RunSpec(
-            name=f"{run.spec.name}/{name}", config=run.spec.config,
-            directory=checkpoint.branch_dir(run_dir, name), end_step=h,
-            start=(run.spec.directory, h - cooldown), schedule=schedule)
-        planned.append(PlannedRun(wsd_method(shape, final), run.peak_value, run.seed, spec))
-  return planned
-
-
-# ---------------------------------------------------------------------------- training
-
-
-class _Clock:
-  """Suite-wide progress: runs done, tokens/s, ETA from the steps still to train."""
-
-  def __init__(self, total_run_steps: int):
-    self.total, self.done, self.runs_done = total_run_steps, 0, 0
-    self.start = time.perf_counter()
-
-  def line(self, label: str, p: batched.Progress, group_steps: int, runs_total: int) -> str:
-    done = self.done + p.runs * (p.step - (p.end_step - group_steps))
-    elapsed = time.perf_counter() - self.start
-    eta = elapsed / max(done, 1) * (self.total - done)
-    return (f"[suite] {label}: step {p.step}/{p.end_step} x {p.runs} runs | runs done "
-            f"{self.runs_done}/{runs_total} | {p.tokens_per_sec:,.0f} tok/s | ETA "
-            f"{loop._format_seconds(eta)}")  # pylint: disable=protected-access
-
-
-def train_all(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict,
-              workdir: epath.Path, label: str) -> None:
-  """Trains every planned run not finished yet; branches after their main runs.
-
-  One-device runs (``base.parallel.num_devices == 1``) train as batched groups; larger ones one
-  after the other, each sharded over its whole mesh (``branches.train`` / ``branches.branch``).
-  """
-  todo = [p for p in planned if not batched.finished(p.spec)]
-  if not todo:
-    return
-  if config.base.parallel.num_devices != 1:
-    for i, p in enumerate(sorted(todo, key=lambda p: p.spec.start is not None)):
-      print(f"[suite] {label} {i + 1}/{len(todo)}: {p.spec.name}", flush=True)
-      if p.spec.start is None:
-        branches.train(p.spec.config, str(p.spec.directory.parent))
-      else:
-        decay = p.spec.schedule["decay"]
-        branches.branch(str(p.spec.directory.parent.parent), from_step=decay["branch_step"],
-                        cooldown_steps=decay["cooldown_steps"], shape=decay["shape"],
-                        final_fraction=decay["final_fraction"], name=p.spec.directory.name)
-    return
-  groups = batched.group_runs([p.spec for p in todo], config.suite.max_batch_runs)
-  groups.sort(key=lambda g: g[0].start is not None)  # main runs before the branches of them
-  clock = _Clock(sum((g[0].end_step - g[0].start_step) * len(g) for g in groups))
-  for i, group in enumerate(groups):
-    steps = group[0].end_step - group[0].start_step
-    tag = f"{label} {i + 1}/{len(groups)}"
-    show = lambda p, tag=tag, steps=steps: print(
-        clock.line(tag, p, steps, len(todo)), flush=True)
-    every = max(steps // 4, 1)
-    group_start = time.perf_counter()
-    batched.train_group(group, workdir=workdir,
-                        progress=lambda p, show=show, every=every: (
-                            show(p) if p.step % every == 0 or p.step == p.end_step else None))
-    print(f"[suite] {tag}: {len(group)} runs x {steps} steps in "
-          f"{time.perf_counter() - group_start:.1f} s", flush=True)
-    clock.done += steps * len(group)
-    clock.runs_done += len(group)
-    for spec in group:
-      if spec.start is not None:
-        _write_lineage(spec)
-
-
-def _write_lineage(spec: batched.RunSpec) -> None:
-  decay = spec.schedule["decay"]
-  checkpoint.write_json(spec.directory / branches.LINEAGE, dict(
-      parent="main", parent_step=decay["branch_step"], cooldown_steps=decay["cooldown_steps"],
-      shape=decay["shape"], final_fraction=decay["final_fraction"], end_step=spec.end_step,
-      schedule=dict(spec.schedule), finished=True))
-
-
-# ---------------------------------------------------------------------------- records
-
-
-def records_of(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict
-               ) -> list[tuning.Record]:
-  """The evaluated numbers of finished runs, at the suite's horizons, as report records."""
-  s = config.suite
-  out = []
-  for run in planned:
-    if not batched.finished(run.spec):
+def train_phase(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict,
+                root: epath.Path, phase: str) -> None:
+  """Trains a phase's runs through the configured executor: main runs, then their branches."""
+  mains, branch_runs = plan.parents_first(planned)
+  for label, runs in ((phase, mains), (f"{phase}-branches", branch_runs)):
+    units = plan.units(runs, config, root, label)
+    if not units:
       continue
-    evals = {m["step"]: naming.eval_losses(m) for m in loop.read_metrics(run.spec.directory)
-             if naming.is_eval_record(m)}
-    steps = [run.spec.end_step] if run.spec.start or run.method in BASELINES else horizons(s)
-    for h in steps:
-      for candidate, loss in evals.get(h, {}).items():
-        if candidate in _candidates(run, s):
-          out.append(tuning.Record(run.method, candidate, h, run.peak_value, run.seed, loss))
-    run_dir = run.spec.directory.parent
-    rows = checkpoint.read_json(run_dir / "posthoc" / "table.json") or []  # posthoc_eval's rows
-    best: dict[int, float] = {}
-    for row in rows:
-      if row["target"] == "sigma_rel" and row["step"] in horizons(s):
-        best[row["step"]] = min(best.get(row["step"], math.inf), row["posthoc_loss"])
-    out += [tuning.Record(run.method, "posthoc_best", h, run.peak_value, run.seed, v)
-            for h, v in best.items()]
-    merged = checkpoint.read_json(run_dir / "merges.json") or {}
-    out += [tuning.Record(run.method, name, int(h), run.peak_value, run.seed, v)
-            for name, by_h in merged.items() for h, v in by_h.items()]
-  return out
+    loop.exit_if_preempted(f"the suite before {label}")
+    print(f"[suite] {label}: {len(units)} units, {sum(len(u.specs) for u in units)} runs",
+          flush=True)
+    executors.run_units(units, plan.execute, config=config.suite.executor, env=_worker_env(),
+                        workdir=str(root))
+  loop.exit_if_preempted("the suite")
 
 
-def _candidates(run: PlannedRun, s: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """What the report shows of a run: the last iterate of baselines and decay branches, the
-  headline EMA (and LAWA, raw) of the anytime runs, Schedule-Free's evaluation point."""
-  if run.method == "schedule_free":
-    return ("schedule_free",)
-  if run.method in BASELINES or run.spec.start is not None or run.method == "wsd_s":
-    return ("raw",)
-  if run.method == "constant":
-    return ("raw", naming.ema_name(s.headline_ema), "lawa")
-  return (naming.ema_name(s.headline_ema),)
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-
-def posthoc_and_merges(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict
-                       ) -> None:
-  """Post-hoc power EMAs and checkpoint merges of the constant runs, at every horizon."""
+def evaluate_post_training(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict,
+                           methods: Sequence[methods_lib.Method]) -> None:
+  """Post-hoc EMAs and checkpoint merges of every finished run whose method derives them."""
   s = config.suite
+  by_name = methods_lib.by_name(methods)
   for run in planned:
-    if run.method != "constant" or not batched.finished(run.spec):
+    if run.parent is not None or not batched.finished(run.spec):
       continue
-    run_dir = run.spec.directory.parent
-    if s.posthoc_sigma_rels and not (run_dir / "posthoc" / "table.json").exists():
-      posthoc_eval.run(str(run_dir), steps=horizons(s), sigma_rels=list(s.posthoc_sigma_rels),
-                       quiet=True)
-    if s.merge_last and not (run_dir / "merges.json").exists():
-      _merge(run, config)
+    for child in by_name[run.method].derived(s):
+      run_dir = run.spec.directory.parent
+      if isinstance(child, methods_lib.PostHoc) and not workdir_lib.posthoc_table(run_dir).exists():
+        posthoc_eval.run(str(run_dir), steps=horizons(s), sigma_rels=list(s.posthoc_sigma_rels),
+                         quiet=True)
+      if isinstance(child, methods_lib.Merges) and not workdir_lib.merges_file(run_dir).exists():
+        _merge(run, config)
 
 
 def _merge(run: PlannedRun, config: ml_collections.ConfigDict) -> None:
   s = config.suite
-  trained = loop.build_run(run.spec.config, run.spec.directory.parent)
+  run_dir = run.spec.directory.parent
+  trained = loop.build_run(run.spec.config, run_dir)
   store = checkpoint.CheckpointStore(run.spec.directory, read_only=True)
   saved = store.all_steps()
   store.close()
   results: dict[str, dict[int, float]] = {}
   for k in s.merge_last:
     for kind in ("uniform", "ema"):
-      name = f"merge_{kind}_{k}"
       for h in horizons(s):
         steps = merging.last_steps(saved, h, k)
         if len(steps) < k:
@@ -412,8 +191,64 @@ def _merge(run: PlannedRun, config: ml_collections.ConfigDict) -> None:
                    else merging.ema_weights(k, s.merge_ema_alpha))
         params = merging.merge_checkpoints(run.spec.directory, steps, weights,
                                            trained.abstract_state.params)
-        results.setdefault(name, {})[h] = trained.validation_loss(params)
-  checkpoint.write_json(run.spec.directory.parent / "merges.json", results)
+        results.setdefault(f"merge_{kind}_{k}", {})[h] = trained.validation_loss(params)
+  checkpoint.write_json(workdir_lib.merges_file(run_dir), results)
+
+
+# ---------------------------------------------------------------------------- records
+
+
+WindowKey = tuple[str, str, int, float, int]
+
+
+def records_of(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict,
+               methods: Sequence[methods_lib.Method]
+               ) -> tuple[list[tuning.Record], dict[WindowKey, list[float]], list[float]]:
+  """The evaluated numbers of finished runs at the suite's horizons (report records), their
+  per-window loss sums where kept, and the windows' token counts."""
+  s = config.suite
+  by_name = methods_lib.by_name(methods)
+  out, windows, counts = [], {}, []
+  for run in planned:
+    if not batched.finished(run.spec):
+      continue
+    method = by_name[run.method]
+    candidates = method.candidates(s)
+    steps = [run.spec.end_step] if method.per_horizon else horizons(s)
+    evals = {m["step"]: naming.eval_losses(m) for m in loop.read_metrics(run.spec.directory)
+             if naming.is_eval_record(m)}
+    for h in steps:
+      for candidate, loss in evals.get(h, {}).items():
+        if candidate in candidates:
+          out.append(tuning.Record(run.method, candidate, h, run.peak_value, run.seed, loss))
+    for step, stored in loop.read_eval_windows(run.spec.directory).items():
+      if step in steps:
+        counts = stored["counts"]
+        for candidate, sums in stored["sums"].items():
+          if candidate in candidates:
+            windows[(run.method, candidate, step, run.peak_value, run.seed)] = sums
+    if run.parent is None:
+      out += _post_training_records(run, method, s)
+  return out, windows, counts
+
+
+def _post_training_records(run: PlannedRun, method: methods_lib.Method,
+                           s: ml_collections.ConfigDict) -> list[tuning.Record]:
+  out = []
+  run_dir = run.spec.directory.parent
+  for child in method.derived(s):
+    if isinstance(child, methods_lib.PostHoc):
+      best: dict[int, float] = {}
+      for row in checkpoint.read_json(workdir_lib.posthoc_table(run_dir)) or []:
+        if row["target"] == "sigma_rel" and row["step"] in horizons(s):
+          best[row["step"]] = min(best.get(row["step"], math.inf), row["posthoc_loss"])
+      out += [tuning.Record(run.method, child.columns(s)[0], h, run.peak_value, run.seed, v)
+              for h, v in best.items()]
+    elif isinstance(child, methods_lib.Merges):
+      merged = checkpoint.read_json(workdir_lib.merges_file(run_dir)) or {}
+      out += [tuning.Record(run.method, name, int(h), run.peak_value, run.seed, v)
+              for name, by_h in merged.items() for h, v in by_h.items()]
+  return out
 
 
 # ---------------------------------------------------------------------------- the suite
@@ -423,182 +258,300 @@ def _manifest(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return dict(suite=config.suite.to_dict(), base=json.loads(config.base.to_json_best_effort()))
 
 
-def _facts(config: ml_collections.ConfigDict, workdir: epath.Path) -> verdict.SuiteFacts:
+def _choice_keys(methods: Sequence[methods_lib.Method], s
+                 ) -> dict[str, tuple[str, ...]]:
+  return dict(families=tuple(m.name for m in methods if m.family),
+              per_horizon=tuple(m.name for m in methods if m.per_horizon))
+
+
+def run_suite(config: ml_collections.ConfigDict, workdir: str, *,
+              dry_run: bool = False) -> verdict.Report | None:
+  """Tunes, re-runs with fresh seeds, evaluates and reports; skips whatever is done already.
+  ``dry_run``: prints the phases, the first phase's units and the cost, and trains nothing."""
+  methods = validate(config)  # everything is checked before any training starts
+  root = epath.Path(workdir)
+  paths = workdir_lib.SuitePaths(root)
+  stored = checkpoint.read_json(paths.manifest)
+  if stored is not None:
+    # A key added since the workdir was written meant its default then.
+    defaults = {**config_lib.suite_defaults(),
+                **{f"base.{k}": v for k, v in config_lib.key_defaults().items()}}
+    diffs = checkpoint.config_differences(stored, _manifest(config), defaults=defaults)
+    diffs = [d for d in diffs if not d.startswith("suite.executor.")]  # where, not what
+    if diffs:
+      raise ValueError(f"--workdir {workdir} holds a different suite (differing keys: "
+                       f"{', '.join(diffs)}); use a new workdir")
+  if dry_run:
+    print(dry_run_text(config, root, methods))
+    return None
+  checkpoint.check_writable(root, field="--workdir")
+  with checkpoint.DirectoryLock(root), loop.preemption():
+    checkpoint.write_json(paths.manifest, _manifest(config))
+    _run(config, root, methods)
+  return write_report(str(root))
+
+
+def _tuning_rounds(config, root, methods, tuning_seeds, *, train: bool = True):
+  """Tuning rounds until no best LR sits on an extendable edge; returns (planned, records)."""
+  s = config.suite
+  keys = _choice_keys(methods, s)
+  lrs: dict[tuple[str, int | None], set[float]] = {}
+  for method in methods_lib.trained(methods):
+    for h in (horizons(s) if method.per_horizon else [None]):
+      lrs[(method.name, h)] = set(initial_grid(s, method.name))
+  by_name = methods_lib.by_name(methods)
+  grids = {m.name: initial_grid(s, methods_lib.run_method(by_name, m.name).name)
+           for m in methods if not isinstance(m, methods_lib.PostTraining)}
+  for round_ in range(s.max_extensions + 1):
+    planned = plan.plan_runs(config, root, methods, {k: sorted(v) for k, v in lrs.items()},
+                             tuning_seeds)
+    if not train:
+      return planned, []
+    train_phase(planned, config, root, f"tuning-{round_ + 1}")
+    evaluate_post_training(planned, config, methods)
+    records, _, _ = records_of(planned, config, methods)
+    extensions = tuning.planned_extensions(
+        records, tuning_seeds=tuning_seeds, initial_grids=grids,
+        per_horizon_methods=keys["per_horizon"], factor=s.lr_factor,
+        max_extensions=s.max_extensions)
+    new = _by_run(extensions, by_name)
+    if not any(set(v) - lrs.get(k, set()) for k, v in new.items()):
+      break
+    for key, values in new.items():
+      lrs.setdefault(key, set()).update(values)
+  return planned, records
+
+
+def _by_run(extensions: Mapping[tuple[str, int | None], Sequence[float]],
+            by_name: Mapping[str, methods_lib.Method]) -> dict[tuple[str, int | None], set[float]]:
+  """LRs per trained run (a derived column's LRs are its parent's runs, for all horizons)."""
+  out: dict[tuple[str, int | None], set[float]] = {}
+  for (name, h), values in extensions.items():
+    method = methods_lib.run_method(by_name, name)
+    horizon = h if method.per_horizon else None
+    out.setdefault((method.name, horizon), set()).update(values)
+  return out
+
+
+def _chosen(records, methods, tuning_seeds, s) -> dict[tuple[str, int | None], set[float]]:
+  keys = _choice_keys(methods, s)
+  by_name = methods_lib.by_name(methods)
+  choices = tuning.choose_all(records, tuning_seeds=tuning_seeds,
+                              per_horizon_methods=keys["per_horizon"])
+  chosen: dict[tuple[str, int | None], set[float]] = {}
+  for column, choice in choices.items():
+    if column.method not in by_name:
+      continue
+    method = methods_lib.run_method(by_name, column.method)
+    for h, optimum in choice.optima.items():
+      chosen.setdefault((method.name, h if method.per_horizon else None), set()).add(optimum.lr)
+  return chosen
+
+
+def _run(config: ml_collections.ConfigDict, root: epath.Path,
+         methods: Sequence[methods_lib.Method]) -> None:
+  s = config.suite
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  paths = workdir_lib.SuitePaths(root)
+  started = time.perf_counter()
+  tuning_seeds, first, second = seed_plan(s)
+  planned, records = _tuning_rounds(config, root, methods, tuning_seeds)
+  chosen = _chosen(records, methods, tuning_seeds, s)
+  reporting = plan.plan_runs(config, root, methods, {k: sorted(v) for k, v in chosen.items()},
+                             first, windows=True)
+  train_phase(reporting, config, root, "seeds")
+  evaluate_post_training(reporting, config, methods)
+  planned = list(planned) + reporting
+  stages = verdict.Stages(tuple(first), (), 2 if second else 1)
+  second_runs: list[PlannedRun] = []
+  if second:
+    _store_records(paths, planned, config, methods, stages, 0, started)
+    report = build_report(root)
+    wanted: dict[tuple[str, int | None], set[float]] = {}
+    by_name = methods_lib.by_name(methods)
+    for cell in verdict.undecided_cells(report):
+      method = methods_lib.run_method(by_name, cell.column.method)
+      wanted.setdefault((method.name, cell.horizon if method.per_horizon else None),
+                        set()).add(cell.lr)
+      wanted.setdefault((cell.envelope_family, cell.horizon), set()).add(cell.envelope_lr)
+    if wanted:
+      second_runs = plan.plan_runs(config, root, methods,
+                                   {k: sorted(v) for k, v in wanted.items()}, second,
+                                   windows=True)
+      train_phase(second_runs, config, root, "second-stage")
+      evaluate_post_training(second_runs, config, methods)
+    stages = verdict.Stages(tuple(first), tuple(second) if second_runs else (), 2)
+  _store_records(paths, planned + second_runs, config, methods, stages, len(second_runs),
+                 started)
+
+
+def _store_records(paths, planned, config, methods, stages, second_stage_runs, started):
+  records, windows, counts = records_of(planned, config, methods)
+  timing = checkpoint.read_json(paths.timing) or {"seconds": 0.0}
+  timing["seconds"] += time.perf_counter() - started
+  checkpoint.write_json(paths.timing, timing)
+  primary = tuning.Column(*config.suite.primary)
+  checkpoint.write_json(paths.records, dict(
+      records=[r._asdict() for r in records],
+      windows=[dict(key=list(k), sums=v) for k, v in windows.items()],
+      window_tokens=counts,
+      stages=dict(first=list(stages.first), second=list(stages.second), looks=stages.looks),
+      runs=len(planned), second_stage_runs=second_stage_runs,
+      anytime_curve=_anytime_curve(planned, records, config, methods, primary)))
+
+
+def _anytime_curve(planned, records, config, methods, primary) -> dict[str, list]:
+  """The primary method's run on the (first) tuning seed at its chosen LR: every evaluation."""
+  s = config.suite
+  tuning_seeds = sorted(set(s.tuning_seeds))
+  keys = _choice_keys(methods, s)
+  choices = tuning.choose_all(records, tuning_seeds=tuning_seeds,
+                              per_horizon_methods=keys["per_horizon"])
+  if primary not in choices:
+    return {}
+  lr = next(iter(choices[primary].optima.values())).lr
+  run = next((p for p in planned if p.method == primary.method and p.parent is None
+              and p.seed == tuning_seeds[0] and tuning.same_lr(p.peak_value, lr)), None)
+  if run is None:
+    return {}
+  curve: dict[str, list] = {}
+  for m in loop.read_metrics(run.spec.directory):
+    for candidate, loss in naming.eval_losses(m).items():
+      if candidate in ("raw", primary.candidate):
+        curve.setdefault(candidate, []).append([m["step"], loss])
+  return curve
+
+
+# ---------------------------------------------------------------------------- dry run
+
+
+def dry_run_text(config: ml_collections.ConfigDict, root: epath.Path,
+                 methods: Sequence[methods_lib.Method]) -> str:
+  """The phases, the first phase's units and the cost (nothing trained, nothing written)."""
+  s = config.suite
+  tuning_seeds, first, second = seed_plan(s)
+  params = plan.non_embedding_params(config, _vocab_size(config, root))
+  round1, _ = _tuning_rounds(config, root, methods, tuning_seeds, train=False)
+  mains, branch_runs = plan.parents_first(round1)
+  units = plan.units(mains, config, root, "tuning-1")
+  round_cost = plan.cost([p.spec for p in round1], config, params)
+  # The reporting seeds re-run one configuration per (trained method, horizon if tuned per
+  # horizon); the second stage at most the same again per extra seed.
+  one = {}
+  for m in methods_lib.trained(methods):
+    for h in (horizons(s) if m.per_horizon else [None]):
+      one[(m.name, h)] = [initial_grid(s, m.name)[0]]
+  per_seed = plan.plan_runs(config, root, methods, one, [first[0] if first else 0])
+  seed_cost = plan.cost([p.spec for p in per_seed], config, params)
+  lines = [
+      f"Dry run of the suite in {root}: nothing is trained or written.",
+      f"Model: {params:,} non-embedding parameters; {config.base.train.batch_size} x "
+      f"{config.base.train.seq_len} tokens per step; horizons {horizons(s)} steps.",
+      f"Methods: {', '.join(m.name for m in methods)}.",
+      f"Seeds: tuning {tuning_seeds}, reporting {first}, second stage up to {second or 'none'}.",
+      f"Executor: {s.executor.name}; cost at {s.cost_mfu:.0%} MFU of "
+      f"{s.cost_peak_flops:.3g} FLOP/s per accelerator; FLOPs = 6 x N x tokens.",
+      "Phases:",
+      f"  1. tuning round 1: {len(mains)} main runs, then {len(branch_runs)} decay branches: "
+      f"{round_cost.text()}",
+      "  2. post-training columns (post-hoc EMAs, checkpoint merges): evaluation only",
+      f"  3. tuning rounds 2..{s.max_extensions + 1}: one LR past each grid edge that holds an "
+      "optimum (only where needed)",
+      f"  4. reporting seeds: {len(per_seed) * len(first)} runs: "
+      f"{(seed_cost.flops * len(first)):.3g} FLOPs, "
+      f"{seed_cost.accelerator_hours * len(first):,.1f} accelerator-hours",
+      f"  5. second stage (undecided cells only): at most {len(per_seed) * len(second)} runs, "
+      f"{seed_cost.accelerator_hours * len(second):,.1f} accelerator-hours",
+      "  6. the report, from the workdir alone",
+      f"Total without grid extensions or a second stage: "
+      f"{round_cost.flops + seed_cost.flops * len(first):.3g} FLOPs, "
+      f"{round_cost.accelerator_hours + seed_cost.accelerator_hours * len(first):,.1f} "
+      "accelerator-hours.",
+      f"Units of phase 1 ({len(units)}):"]
+  lines += plan.describe_units(units, config, params)
+  lines.append(executors.describe(units, s.executor, str(root)))
+  return "\n".join(lines)
+
+
+def _vocab_size(config: ml_collections.ConfigDict, root: epath.Path) -> int:
+  if config.base.model.vocab_size:
+    return config.base.model.vocab_size
+  tokenizer = data_lib.build_tokenizer(config.base.data, str(root))
+  return tokenizer.padded_vocab_size(config.base.train.vocab_multiple)
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def _stored_config(root: epath.Path) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  paths = workdir_lib.SuitePaths(root)
+  manifest = checkpoint.read_json(paths.manifest)
+  stored = checkpoint.read_json(paths.records)
+  if manifest is None or stored is None:
+    raise FileNotFoundError(f"--workdir {root} holds no finished suite (no suite.json or "
+                            "records.json); run `python -m anytime.main compare --config ... "
+                            "--workdir` first")
+  config = ml_collections.ConfigDict(dict(base=config_lib.default_config(),
+                                          suite=default_suite()))
+  config.base.unlock()
+  config.base.update(ml_collections.ConfigDict(manifest["base"]))
+  config.suite.update(manifest["suite"])
+  return config, stored
+
+
+def build_report(root: str | epath.Path) -> verdict.Report:
+  """The report of a suite's workdir (its records, windows and stages)."""
+  root = epath.Path(root)
+  config, stored = _stored_config(root)
   base, s = config.base, config.suite
-  tokenizer = data_lib.build_tokenizer(base.data, str(workdir))
+  methods = methods_lib.active(s)
+  keys = _choice_keys(methods, s)
+  tokenizer = data_lib.build_tokenizer(base.data, str(root))
   model = base.model.to_dict()
   model["vocab_size"] = model["vocab_size"] or tokenizer.padded_vocab_size(
       base.train.vocab_multiple)
   model_config = model_lib.ModelConfig(**model)
-  eval_batches = data_lib.make_eval_batches(
-      base.data, tokenizer, seq_len=base.train.seq_len,
-      batch_size=base.train.eval_batch_size or base.train.batch_size,
-      num_batches=base.train.eval_batches)
-  return verdict.SuiteFacts(
+  eval_args = dict(seq_len=base.train.seq_len,
+                   batch_size=base.train.eval_batch_size or base.train.batch_size,
+                   num_batches=base.train.eval_batches)
+  documents = data_lib.eval_window_documents(base.data, tokenizer, **eval_args)
+  tokens = np.asarray(stored.get("window_tokens") or [], np.float64)
+  windows = {tuple(w["key"]): np.asarray(w["sums"], np.float64)
+             for w in stored.get("windows", [])}
+  timing = checkpoint.read_json(workdir_lib.SuitePaths(root).timing)
+  facts = verdict.SuiteFacts(
       base_steps=s.base_steps, tokens_per_step=base.train.batch_size * base.train.seq_len,
       non_embedding_params=model_lib.param_count(model_config, include_embedding=False),
       total_params=model_lib.param_count(model_config),
-      eval_tokens=int(sum(float(np.sum(b["weights"])) for b in eval_batches)),
-      tuning_seed=TUNING_SEED)
-
-
-def run_suite(config: ml_collections.ConfigDict, workdir: str) -> verdict.Report:
-  """Tunes, re-runs with seeds, evaluates and reports; skips whatever is done already."""
-  validate(config)  # everything is checked before any training starts
-  workdir = epath.Path(workdir)
-  stored = checkpoint.read_json(workdir / "suite.json")
-  if stored is not None:
-    # A key added since the workdir was written meant its default then.
-    defaults = {**{f"suite.{k}": v for k, v in checkpoint.flatten(default_suite().to_dict()).items()},
-                **{f"base.{k}": v for k, v in config_lib.key_defaults().items()}}
-    diffs = checkpoint.config_differences(stored, _manifest(config), defaults=defaults)
-    if diffs:
-      raise ValueError(f"--workdir {workdir} holds a different suite (differing keys: "
-                       f"{', '.join(diffs)}); use a new workdir")
-  checkpoint.check_writable(workdir, field="--workdir")
-  with checkpoint.DirectoryLock(workdir):
-    checkpoint.write_json(workdir / "suite.json", _manifest(config))
-    _tune_and_rerun(config, workdir)
-  return write_report(str(workdir))
-
-
-def _tune_and_rerun(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
-  s = config.suite
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  started = time.perf_counter()
-  lrs: dict[tuple[str, int | None], set[float]] = {}
-  for method in s.baselines:
-    for h in horizons(s):
-      lrs[(method, h)] = set(initial_grid(s, method))
-  for method in s.methods:
-    lrs[(method, None)] = set(initial_grid(s, method))
-  seeds_tuning = [TUNING_SEED]
-  for round_ in range(s.max_extensions + 1):
-    planned = plan_runs(config, workdir, {k: sorted(v) for k, v in lrs.items()}, seeds_tuning)
-    constant = [p for p in planned if p.method == "constant"]
-    planned += plan_branches(config, constant)
-    train_all(planned, config, workdir, f"tuning round {round_ + 1}")
-    posthoc_and_merges(planned, config)
-    records = records_of(planned, config)
-    extensions = tuning.planned_extensions(
-        records, tuning_seed=TUNING_SEED, initial_grids=_initial_grids(s),
-        per_horizon_methods=BASELINES, factor=s.lr_factor, max_extensions=s.max_extensions)
-    extensions = _by_run(extensions)
-    if not any(set(v) - lrs.get(k, set()) for k, v in extensions.items()):
-      break
-    for key, values in extensions.items():
-      lrs.setdefault(key, set()).update(values)
-  choices = tuning.choose_all(records, tuning_seed=TUNING_SEED, per_horizon_methods=BASELINES)
-  chosen: dict[tuple[str, int | None], set[float]] = {}
-  for column, choice in choices.items():
-    method = _run_method(column.method)
-    for h, optimum in choice.optima.items():
-      chosen.setdefault((method, h if method in BASELINES else None), set()).add(optimum.lr)
-  seeds = [seed for seed in range(s.seeds) if seed != TUNING_SEED]
-  if seeds:
-    reruns = plan_runs(config, workdir, {k: sorted(v) for k, v in chosen.items()}, seeds)
-    reruns += plan_branches(config, [p for p in reruns if p.method == "constant"])
-    train_all(reruns, config, workdir, "seeds")
-    posthoc_and_merges(reruns, config)
-    planned += reruns
-  timing = checkpoint.read_json(workdir / "timing.json") or {"seconds": 0.0}
-  timing["seconds"] += time.perf_counter() - started
-  checkpoint.write_json(workdir / "timing.json", timing)
-  checkpoint.write_json(workdir / "records.json", dict(
-      records=[r._asdict() for r in records_of(planned, config)],
-      window_losses=_window_losses(planned),
-      paired_window_losses=_paired_window_losses(planned)))
-
-
-def _window_losses(planned: Sequence[PlannedRun]) -> dict[str, list[float]]:
-  """Per-window mean validation losses of one finished run's last checkpoint: the evaluation
-  set's own sampling error (their standard error) next to the seed noise in the report."""
-  run = next((p for p in planned if p.spec.start is None and batched.finished(p.spec)), None)
-  return {} if run is None else {str(run.spec.end_step): _per_window_losses(run)}
-
-
-def _paired_window_losses(planned: Sequence[PlannedRun]) -> dict[str, list[list[float]]]:
-  """Per-window losses of a baseline's and an anytime method's run that end at the same
-  (the longest) step, on the same windows: the evaluation set's error of a delta."""
-  mains = [p for p in planned if p.spec.start is None and p.seed == TUNING_SEED
-           and batched.finished(p.spec)]
-  for anytime in (p for p in mains if p.method not in BASELINES):
-    baseline = next((p for p in mains if p.method in BASELINES
-                     and p.spec.end_step == anytime.spec.end_step), None)
-    if baseline is not None:
-      return {str(anytime.spec.end_step): [_per_window_losses(baseline),
-                                           _per_window_losses(anytime)]}
-  return {}
-
-
-def _per_window_losses(run: PlannedRun) -> list[float]:
-  trained = loop.build_run(run.spec.config, run.spec.directory.parent)
-  store = checkpoint.CheckpointStore(run.spec.directory, read_only=True)
-  state = store.restore(store.latest_step(), trained.abstract_state)
-  store.close()
-  losses = []
-  for batch in trained.eval_batches:
-    for i in range(batch["inputs"].shape[0]):
-      total, count = trained.eval_step(state.params, {k: v[i:i + 1] for k, v in batch.items()})
-      if float(count):
-        losses.append(float(total) / float(count))
-  return losses
-
-
-def _initial_grids(s: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
-  grids = {m: initial_grid(s, m) for m in list(s.baselines) + list(s.methods)}
-  # WSD branches come from the constant runs: they start from the constant method's grid.
-  grids.update({wsd_method(shape, final): initial_grid(s, "constant")
-                for shape, final in s.wsd_variants})
-  return grids
-
-
-def _run_method(method: str) -> str:
-  """The run a column's method is trained by (WSD branches come from the constant runs)."""
-  return "constant" if method.startswith("wsd_") and method != "wsd_s" else method
-
-
-def _by_run(extensions: Mapping[tuple[str, int | None], Sequence[float]]
-            ) -> dict[tuple[str, int | None], set[float]]:
-  out: dict[tuple[str, int | None], set[float]] = {}
-  for (method, h), values in extensions.items():
-    out.setdefault((_run_method(method), h), set()).update(values)
-  return out
+      eval_tokens=max(int(tokens.sum()), 1), runs=stored.get("runs"),
+      second_stage_runs=stored.get("second_stage_runs"),
+      wall_seconds=timing["seconds"] if timing else None)
+  st = stored["stages"]
+  oracle = tuple(tuning.Column(m.parent, c) for m in methods if m.oracle
+                 for c in m.columns(s))
+  return verdict.build_report(
+      [tuning.Record(**r) for r in stored["records"]], facts,
+      tuning_seeds=sorted(set(s.tuning_seeds)), families=keys["families"],
+      per_horizon_methods=keys["per_horizon"],
+      windows=windows or None, window_tokens=tokens if windows else None,
+      window_documents=documents if windows else None,
+      margin=s.equivalence_margin, alpha=s.alpha, primary=tuning.Column(*s.primary),
+      multiplicity=s.multiplicity,
+      stages=verdict.Stages(tuple(st["first"]), tuple(st["second"]), st["looks"]),
+      oracle_columns=oracle,
+      anytime_curve={k: [tuple(x) for x in v]
+                     for k, v in (stored.get("anytime_curve") or {}).items()} or None)
 
 
 def write_report(workdir: str) -> verdict.Report:
-  """Writes ``report/`` from the stored records and prints the table."""
-  workdir = epath.Path(workdir)
-  manifest = checkpoint.read_json(workdir / "suite.json")
-  stored = checkpoint.read_json(workdir / "records.json")
-  if manifest is None or stored is None:
-    raise FileNotFoundError(f"--workdir {workdir} holds no finished suite (no suite.json or "
-                            "records.json); run `python -m anytime.main compare --config ... "
-                            "--workdir` first")
-  config = ml_collections.ConfigDict(dict(
-      base=config_lib.default_config(), suite=default_suite()))
-  config.base.unlock()
-  config.base.update(ml_collections.ConfigDict(manifest["base"]))
-  config.suite.update(manifest["suite"])
-  records = [tuning.Record(**r) for r in stored["records"]]
-  facts = dataclasses.replace(
-      _facts(config, workdir),
-      window_losses={int(h): v for h, v in stored.get("window_losses", {}).items()
-                     if len(v) > 1},
-      paired_window_losses={int(h): (a, b) for h, (a, b)
-                            in stored.get("paired_window_losses", {}).items() if len(a) > 1})
-  report = verdict.build_report(records, facts,
-                                families=tuple(config.suite.baselines),
-                                per_horizon_methods=BASELINES)
+  """Writes ``report/`` from the stored records and prints the compact summary."""
+  root = epath.Path(workdir)
+  report = build_report(root)
   if jax.process_index() == 0:
-    paths = verdict.write_report(workdir / "report", report)
-    text = verdict.report_markdown(report)
-    timing = checkpoint.read_json(workdir / "timing.json")
-    if timing:
-      text += f"\nWall time of the suite: {timing['seconds'] / 60:.1f} min.\n"
-      paths["table.md"].write_text(text)
-    print(text)
-    print(f"Report: {workdir / 'report'}/ ({', '.join(sorted(paths))})")
+    out = workdir_lib.SuitePaths(root).report
+    written = verdict.write_report(out, report)
+    print(verdict.terminal_summary(report))
+    print(f"Full tables and plots: {out}/ ({', '.join(sorted(written))})")
   return report
 
 
@@ -616,3 +569,4 @@ def reference_table(csv_path: str, model: str = "150M") -> str:
     cells = [f"{float(r[m]):.4f} ({float(r[m]) - cos:+.4f})" for m in methods]
     lines.append(f"| {r['horizon']} | {cos:.4f} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+

@@ -41,6 +41,8 @@ from typing import Any, Protocol
 
 import ml_collections
 
+from anytime import config as config_lib
+
 ENGINES = ("local", "ray", "slurm")
 SLURM_CLUSTERS = ("slurm", "local")
 
@@ -73,31 +75,8 @@ def _error_line(text: str) -> str:
 
 
 def default_executor_config() -> ml_collections.ConfigDict:
-  """``suite.executor`` with its defaults."""
-  return ml_collections.ConfigDict(dict(
-      name="local",  # local | ray | slurm
-      ray=dict(
-          address="",  # "" starts a local cluster; "auto" or "HOST:PORT" joins one
-          num_cpus=0,  # the local cluster's CPUs (0 = all cores); unused when joining
-          num_cpus_per_unit=1.0,  # a unit that declares no "CPU"
-          max_retries=3,  # re-runs after a worker/node death (and exceptions, see below)
-          retry_exceptions=True,  # a unit that raised is retried too, from the same budget
-      ),
-      slurm=dict(
-          cluster="slurm",  # slurm | local (submitit's local executor: subprocesses here)
-          folder="",  # submitit's jobs and logs; "" = WORKDIR/executor/slurm (shared FS)
-          partition="",
-          account="",
-          gpus_per_node=0,  # a unit that declares "GPU" gets that many instead
-          cpus_per_task=1,  # a unit that declares "CPU" gets that many instead
-          mem_gb=0.0,  # 0 = the partition's default
-          timeout_min=24 * 60,
-          setup=[],  # shell lines run before each job (module load ..., source venv)
-          array_parallelism=64,  # jobs of one array running at once
-          max_retries=3,  # resubmissions of a failed job (timeouts/preemption: submitit requeues)
-          poll_s=5.0,  # how often the coordinator looks at the jobs
-      ),
-  ))
+  """``suite.executor`` with its defaults (the schema lives in ``anytime.config``)."""
+  return config_lib.default_executor()
 
 
 def validate_executor_config(cfg: ml_collections.ConfigDict) -> None:
