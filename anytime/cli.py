@@ -190,13 +190,9 @@ def naming_damaged_snapshots() -> Iterator[None]:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
   """What a user can cause (bad input, a damaged or locked workdir, a diverged run)."""
-  from anytime import checkpoint  # pylint: disable=g-import-not-at-top
+  from anytime import checkpoint, guard  # pylint: disable=g-import-not-at-top
 
-  errors = [ValueError, OSError, checkpoint.WorkdirLocked]
-  trainer = sys.modules.get("anytime.loop")
-  if trainer is not None and hasattr(trainer, "TrainingError"):
-    errors.append(trainer.TrainingError)
-  return tuple(errors)
+  return (ValueError, OSError, checkpoint.WorkdirLocked, guard.TrainingError)
 
 
 def _one_line(e: BaseException) -> str:
