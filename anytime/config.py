@@ -254,3 +254,45 @@ def default_suite() -> ml_collections.ConfigDict:
 def suite_defaults() -> dict:
   """Dotted ``suite.*`` defaults: what a key an older stored suite lacks meant then."""
   return {f"suite.{k}": v for k, v in checkpoint.flatten(default_suite().to_dict()).items()}
+
+
+def require_every_key(config: ml_collections.ConfigDict, source: str) -> None:
+  """Refuses a training config that lacks a key of the schema (``source`` names where it came
+  from): config files start from ``default_config()`` and change what differs."""
+  have = set(checkpoint.flatten(config.to_dict()))
+  missing = sorted(k for k in key_defaults()
+                   if k not in have and not any(k.startswith(h + ".") for h in have))
+  if missing:
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    raise ValueError(f"{source}: the config lacks {shown}; build it from default_config() and "
+                     "change what differs")
+
+
+def apply_schedule_options(config: ml_collections.ConfigDict,
+                           options: dict[str, object]) -> None:
+  """Sets ``optimizer.schedule`` options given one by one (on the command line). The section is
+  free-form (its keys depend on ``name``): any key may be set, ``schedules.from_config`` refuses
+  unknown ones. Switching ``name`` drops the options the new schedule does not take, and says
+  so; the rest of the config stays locked."""
+  if not options:
+    return
+  import inspect  # pylint: disable=g-import-not-at-top
+
+  from anytime import schedules  # pylint: disable=g-import-not-at-top
+
+  schedule = config.optimizer.schedule.to_dict()
+  name = options.get("name", schedule.get("name"))
+  if name not in schedules.SCHEDULES:
+    raise ValueError(f"optimizer.schedule.name must be one of {sorted(schedules.SCHEDULES)}, "
+                     f"got {name!r}")
+  if name != schedule.get("name"):
+    accepted = set(inspect.signature(schedules.SCHEDULES[name]).parameters) | {"decay"}
+    dropped = sorted(k for k in schedule if k != "name" and k not in accepted)
+    if dropped:
+      print(f"note: optimizer.schedule.name={name}: dropped {', '.join(dropped)} from the config "
+            f"file (not options of {name!r})", flush=True)
+    schedule = {k: v for k, v in schedule.items() if k == "name" or k in accepted}
+  schedule.update(options)
+  config.unlock()
+  config.optimizer.schedule = schedule
+  config.lock()

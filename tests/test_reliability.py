@@ -729,7 +729,8 @@ def test_cli_errors_are_one_line(case: str, tmp_path: Path):
 def test_cli_list_overrides_and_schedule_switch(monkeypatch):
   """The README's list overrides parse; a schedule's name and options can be set one by one
   (options the new schedule does not take are dropped from the file's schedule)."""
-  from anytime import main as cli  # registers the list parser
+  from anytime import main  # noqa: F401  (registers the list parser)
+  from anytime import cli
 
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
@@ -1113,7 +1114,7 @@ def test_cli_one_line_for_damaged_runs_and_divergence(reference: Path, tmp_path:
 def test_cli_stderr_drops_only_the_closed_event_loop_traceback_of_foreign_threads():
   """What TensorStore's own threads print after a failed restore ("Event loop is closed") is
   dropped; any other traceback of such a thread, and anything of a Python thread, is kept."""
-  from anytime import main as cli  # pylint: disable=g-import-not-at-top
+  from anytime import cli  # pylint: disable=g-import-not-at-top
 
   out = io.StringIO()
   stream = cli._QuietClosedLoop(out)  # pylint: disable=protected-access
