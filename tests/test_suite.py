@@ -1,10 +1,12 @@
 """The comparison suite end to end on one tiny suite: records are what the runs' metrics hold,
 a finished suite is not retrained, an interrupted one resumes to the same records, a grid too
-low for the optimum is extended, and a bad suite config fails in one line before any file.
+low for the optimum is extended, a method added in this file alone runs through the suite,
+and a bad suite config fails in one line before any file.
 
 One module-scoped suite (horizons 4 and 8 steps, 2-point LR grids deliberately below the
-optimum, 2 seeds, cosine + D2Z baselines, constant + 1/sqrt(t) anytime runs with one WSD
-variant, post-hoc and merge columns) is trained once; the other tests copy its workdir.
+optimum, tuning seed 0 and one fresh reporting seed, cosine + D2Z baselines, constant + 1/sqrt(t)
+anytime runs with one WSD variant, post-hoc and merge columns, and the toy method below) is
+trained once; the other tests copy its workdir.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import jax
+
 import ml_collections
 import numpy as np
 import pytest
 
 from anytime import batched, checkpoint, loop, naming
-from anytime.experiments import compare, tuning
+from anytime.experiments import compare, methods, tuning
 
 import _tiny
 
@@ -31,7 +33,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compilation_cache")]
 
 HORIZONS = (4, 8)
 LR_CENTRE = 1e-3  # the initial grid {8.4e-4, 1.19e-3}: below the optimum of 4-8 Adam steps
-REPORT_FILES = ("table.md", "table.csv", "table.json", "loss_vs_lr.png", "loss_vs_tokens.png")
+REPORT_FILES = ("table.md", "table.csv", "table.json", "deltas.csv", "loss_vs_lr.png",
+                "deltas.png", "anytime.png")
+
+
+class ShiftedInverseSqrt(methods.Anytime):
+  """A toy anytime method, defined and registered here alone: 1/sqrt(t) with a short offset,
+  read through its raw iterate."""
+
+  def schedule(self, lr, horizon, s):
+    return dict(name="inverse_sqrt", peak_value=lr, offset=2.0,
+                warmup_steps=s.warmup_steps, warmup_init_fraction=s.warmup_init_fraction)
+
+
+TOY = methods.register(ShiftedInverseSqrt(name="toy_isqrt", description="toy"))
 RUN_NAME = re.compile(r"^(?P<method>.+?)(?:_(?P<horizon>\d+))?_lr(?P<tag>[^_]+)_s(?P<seed>\d+)$")
 
 
@@ -42,8 +57,8 @@ def suite_config(**suite_overrides) -> ml_collections.ConfigDict:
   suite = compare.default_suite()
   suite.update(dict(
       base_steps=4, multipliers=[1, 2], warmup_steps=1, lr_centre=LR_CENTRE, lr_points=2,
-      max_extensions=1, seeds=2, baselines=["cosine", "d2z"],
-      methods=["constant", "inverse_sqrt"], wsd_variants=[["linear", 0.0]],
+      max_extensions=1, tuning_seeds=[0], seeds=1, max_seeds=1, baselines=["cosine", "d2z"],
+      methods=["constant", "inverse_sqrt", "toy_isqrt"], wsd_variants=[["linear", 0.0]],
       posthoc_sigma_rels=[0.1], snapshots_per_base=2, checkpoints_per_base=2, merge_last=[2]))
   suite.update(suite_overrides)
   return ml_collections.ConfigDict(dict(base=base, suite=suite))
@@ -114,11 +129,12 @@ def expected_records(workdir: Path, suite: ml_collections.ConfigDict) -> list[tu
     stored = json.loads((run_dir / "main" / "config.json").read_text())
     lr = stored["optimizer"]["schedule"]["peak_value"]
     assert stored["seed"] == seed
-    if method in ("cosine", "d2z"):
+    if methods.REGISTRY[method].per_horizon:
       h = int(match["horizon"])
       out.append((method, "raw", h, lr, seed, evals_at(run_dir / "main", h)["raw"]))
       continue
-    candidates = {"constant": ("raw", headline, "lawa"), "inverse_sqrt": (headline,)}[method]
+    candidates = {"constant": ("raw", headline, "lawa"), "inverse_sqrt": (headline,),
+                  "toy_isqrt": ("raw",)}[method]
     for h in HORIZONS:
       losses = evals_at(run_dir / "main", h)
       out += [(method, c, h, lr, seed, losses[c]) for c in candidates]
@@ -153,19 +169,25 @@ def test_records_are_the_runs_metrics_and_the_report_is_written(suite):
   assert (workdir / "suite.json").exists() and (workdir / "timing.json").exists()
   for name in REPORT_FILES:
     assert (workdir / "report" / name).stat().st_size > 0, name
-  for name in ("loss_vs_lr.png", "loss_vs_tokens.png"):
+  for name in ("loss_vs_lr.png", "deltas.png", "anytime.png"):
     assert (workdir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   table = json.loads((workdir / "report" / "table.json").read_text())
   assert {row["horizon"] for row in table["rows"]} == set(HORIZONS)
-  # The per-window losses behind the eval set's error of a delta: a baseline's and an anytime
-  # run's, at one horizon, whose means are the losses those runs recorded there.
-  (horizon, (a, b)), = json.loads((workdir / "records.json").read_text())[
-      "paired_window_losses"].items()
-  assert len(a) == len(b) > 1
-  at = [r for r in records if r.horizon == int(horizon) and r.seed == 0 and r.candidate == "raw"]
-  assert any(r.method in compare.BASELINES and abs(r.loss - np.mean(a)) < 1e-5 for r in at)
-  assert any(r.method not in compare.BASELINES and abs(r.loss - np.mean(b)) < 1e-5 for r in at)
-  assert table["delta_eval_sampling_error"]["kind"] == "paired windows"
+  # Every evaluation of a reporting seed keeps its per-window loss sums: their total over the
+  # windows' tokens is the loss the run recorded there; tuning-seed runs keep none.
+  stored = json.loads((workdir / "records.json").read_text())
+  tokens = np.asarray(stored["window_tokens"])
+  windows = {tuple(w["key"]): np.asarray(w["sums"]) for w in stored["windows"]}
+  reporting = [r for r in records if r.seed == 1 and not r.candidate.startswith(
+      ("merge_", "posthoc_"))]
+  assert reporting and {k[4] for k in windows} == {1}
+  for r in reporting:
+    sums = windows[(r.method, r.candidate, r.horizon, r.peak_value, r.seed)]
+    assert sums.shape == tokens.shape
+    np.testing.assert_allclose(sums.sum() / tokens.sum(), r.loss, rtol=1e-5)
+  deltas = (workdir / "report" / "deltas.csv").read_text().splitlines()
+  assert deltas[0].startswith("method,horizon_steps,reporting_seeds,delta,se_seed,se_eval,df,")
+  assert not any(",tie" in line for line in deltas)
 
 
 def test_envelope_is_the_better_baseline_family_per_horizon(suite):
@@ -185,12 +207,14 @@ def test_envelope_is_the_better_baseline_family_per_horizon(suite):
     assert row.envelope_lr == best[family][1]
     seed_losses = [r.loss for r in records if (r.method, r.candidate, r.horizon) == (
         family, "raw", row.horizon) and tuning.same_lr(r.peak_value, row.envelope_lr)]
-    assert len(seed_losses) == 2  # the tuning seed and one re-run
-    np.testing.assert_allclose(row.envelope.mean, np.mean(seed_losses), rtol=1e-12)
-    # Every other column's delta is to this envelope.
+    assert len(seed_losses) == 2  # the tuning seed and one fresh reporting seed
+    reporting = [r.loss for r in records if (r.method, r.candidate, r.horizon, r.seed) == (
+        family, "raw", row.horizon, 1) and tuning.same_lr(r.peak_value, row.envelope_lr)]
+    # Reported numbers are on the reporting seed only (the tuning seed made the choice).
+    np.testing.assert_allclose(row.envelope.mean, np.mean(reporting), rtol=1e-12)
     for cell in row.cells:
-      np.testing.assert_allclose(cell.delta.mean, cell.loss.mean - row.envelope.mean,
-                                 atol=1e-12)
+      np.testing.assert_allclose(cell.delta, cell.loss.mean - cell.reference.mean, atol=1e-12)
+      assert cell.seeds == (1,)
 
 
 def test_grid_too_low_is_extended(suite):
@@ -204,9 +228,11 @@ def test_grid_too_low_is_extended(suite):
   # column on the initial grid (per horizon for the baselines, by the mean over horizons for
   # the anytime methods), so each must have asked for one point above the grid.
   columns = {(r.method, r.candidate) for r in records}
-  assert len(columns) == 10
+  assert len(columns) == 11
+  registry = methods.REGISTRY
   for method, candidate in sorted(columns):
-    for h in (HORIZONS if method in compare.BASELINES else (None,)):
+    per_horizon = method in registry and registry[method].family
+    for h in (HORIZONS if per_horizon else (None,)):
       initial = {}
       for r in records:
         if ((r.method, r.candidate) == (method, candidate) and h in (None, r.horizon)
@@ -219,11 +245,12 @@ def test_grid_too_low_is_extended(suite):
   # one factor step above the grid, nothing below it, nothing further (max_extensions=1).
   runs: dict[tuple[str, int | None], set[float]] = {}
   for r in records:
-    run_method = "constant" if r.method.startswith("wsd_") else r.method
-    runs.setdefault((run_method, r.horizon if r.method in compare.BASELINES else None),
+    run_method = r.method if r.method in registry else "constant"  # wsd_*: constant's branches
+    runs.setdefault((run_method, r.horizon if registry[run_method].family else None),
                     set()).add(r.peak_value)
   assert sorted(runs) == sorted([(b, h) for b in ("cosine", "d2z") for h in HORIZONS]
-                                + [("constant", None), ("inverse_sqrt", None)])
+                                + [("constant", None), ("inverse_sqrt", None),
+                                   ("toy_isqrt", None)])
   for key, lrs in runs.items():
     assert len(lrs) == 3, (key, sorted(lrs))
     assert [tuning.same_lr(a, b) for a, b in zip(sorted(lrs), (low, high, high * s.lr_factor))
@@ -277,14 +304,30 @@ def test_workdir_written_before_a_suite_key_existed_is_resumed(suite, monkeypatc
 
 
 def test_lr_grids_set_a_methods_starting_grid():
-  s = suite_config(lr_grids={"cosine": [1e-2, 3e-3], "constant": [5e-3]}).suite
-  compare.validate(suite_config(lr_grids={"cosine": [1e-2, 3e-3], "constant": [5e-3]}))
-  grids = compare._initial_grids(s)  # pylint: disable=protected-access
-  assert grids["cosine"] == (3e-3, 1e-2) and grids["constant"] == (5e-3,)
-  assert grids["d2z"] == compare.initial_grid(s)  # not listed: the shared log grid
-  # WSD branches are trained from the constant runs: they start on its grid.
-  assert all(grids[compare.wsd_method(shape, final)] == (5e-3,)
-             for shape, final in s.wsd_variants)
+  config = suite_config(lr_grids={"cosine": [1e-2, 3e-3], "constant": [5e-3]})
+  compare.validate(config)
+  s = config.suite
+  assert compare.initial_grid(s, "cosine") == (3e-3, 1e-2)
+  assert compare.initial_grid(s, "constant") == (5e-3,)
+  assert compare.initial_grid(s, "d2z") == compare.initial_grid(s)  # the shared log grid
+
+
+def test_no_method_name_is_compared_outside_the_registry():
+  """The planner, tuner and report ask the method objects; only methods.py knows names."""
+  root = Path(compare.__file__).resolve().parents[1]
+  names = sorted(methods.REGISTRY)
+  pattern = re.compile(r"(==|!=|\bin)\s*[\(\[]?\s*[\"'](" + "|".join(map(re.escape, names))
+                       + r")[\"']")
+  found = []
+  for path in sorted(root.rglob("*.py")):
+    # methods.py is the registry; branches.py's ``mode="wsd_s"`` is the branch command's mode
+    # (the main run adopts the decayed state), not a suite method; the labs have no suite.
+    if path.name in ("methods.py", "branches.py") or "theory" in path.parts:
+      continue
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+      if pattern.search(line):
+        found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+  assert not found, "\n".join(found)
 
 
 def test_interrupted_suite_resumes_only_what_is_missing(suite, monkeypatch, tmp_path):
@@ -302,8 +345,9 @@ def test_interrupted_suite_resumes_only_what_is_missing(suite, monkeypatch, tmp_
   (main / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
   for path in ("branches", "posthoc"):
     shutil.rmtree(constant / path)
+  (main / "eval_windows.json").unlink(missing_ok=True)
   (constant / "merges.json").unlink()
-  # 2. A re-run baseline (seed 1) whose directory was never written.
+  # 2. A reporting-seed baseline (seed 1) whose directory was never written.
   baseline = sorted(p for p in (workdir / "runs").iterdir()
                     if p.name.startswith("d2z_8_") and p.name.endswith("_s1"))[0]
   shutil.rmtree(baseline)
@@ -329,8 +373,12 @@ def test_interrupted_suite_resumes_only_what_is_missing(suite, monkeypatch, tmp_
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(suite={"baselines": ["cosine", "step"]}), r"^suite\.baselines: unknown \['step'\]"),
-    (dict(suite={"methods": ["constant", "adam"]}), r"^suite\.methods: unknown \['adam'\]"),
+    (dict(suite={"baselines": ["cosine", "step"]}), r"^suite\.baselines: unknown method 'step'"),
+    (dict(suite={"methods": ["constant", "adam"]}), r"^suite\.methods: unknown method 'adam'"),
+    (dict(suite={"methods": ["constant", "cosine"]}), r"^suite\.methods: 'cosine' is a baseline"),
+    (dict(suite={"max_seeds": 0}), r"^suite\.max_seeds must be an integer >= suite\.seeds"),
+    (dict(suite={"primary": ["constant", "ema_7"]}), r"^suite\.primary must be \[method, "),
+    (dict(suite={"executor": {"name": "k8s"}}), r"^suite\.executor\.name: 'k8s' is not an engine"),
     (dict(suite={"base_steps": 1}), r"^suite\.base_steps must be an integer >= 2, got 1$"),
     (dict(suite={"seeds": 0}), r"^suite\.seeds must be a positive integer, got 0$"),
     (dict(suite={"lr_factor": 1.0}), r"^suite\.lr_centre must be > 0 and suite\.lr_factor > 1"),
@@ -340,7 +388,7 @@ def test_interrupted_suite_resumes_only_what_is_missing(suite, monkeypatch, tmp_
     (dict(suite={"wsd_variants": [["../main", 0.0]]}),
      r"^suite\.wsd_variants entries are \[shape, final_fraction\] with shape in"),
     (dict(suite={"lr_grids": {"cosin": [1e-3]}}),
-     r"^suite\.lr_grids: 'cosin' is not one of the suite's baselines or methods"),
+     r"^suite\.lr_grids: 'cosin' is not one of the suite's trained methods"),
     (dict(suite={"lr_grids": {"cosine": [1e-3, 0.0]}}),
      r"^suite\.lr_grids\.cosine must be a non-empty list of positive learning rates"),
     (dict(base={"train.batch_size": 0}), r"^train\.batch_size must be a positive integer"),
@@ -366,6 +414,6 @@ def test_workdir_of_a_different_suite_is_refused_untouched(suite, monkeypatch, t
   before = file_bytes(workdir.rglob("*"))
   calls = count_training(monkeypatch)
   with pytest.raises(ValueError, match=r"holds a different suite") as error:
-    compare.run_suite(suite_config(seeds=3), str(workdir))
+    compare.run_suite(suite_config(lr_points=3), str(workdir))
   assert "\n" not in str(error.value) and str(workdir) in str(error.value)
   assert file_bytes(workdir.rglob("*")) == before and calls == []
