@@ -190,3 +190,67 @@ def test_a_branch_group_reuses_the_program_of_its_main_runs(tmp_path):
     batched.train_group([branch], workdir=tmp_path)
   assert not [name for name in compiled if "train_step" in name], compiled
   assert loop.last_evaluation(branch.directory)["step"] == STEPS
+
+
+def _group_process(workdir, *extra_env):
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  worker = Path(__file__).with_name("_group_worker.py")
+  return subprocess.Popen([sys.executable, str(worker), str(workdir)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_signal_saves_every_member_and_resume_equals_uninterrupted(tmp_path, signal_name):
+  """SIGTERM (or Ctrl-C) to a training group: every member saves the step in flight, one line
+  says how to resume, exit status 0; re-running finishes equal to an uninterrupted group."""
+  import signal  # pylint: disable=g-import-not-at-top
+
+  reference = _group_process(tmp_path / "ref")
+  assert reference.wait(timeout=600) == 0, reference.stdout.read()
+  proc = _group_process(tmp_path / "run")
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith("progress ") and int(line.split()[1]) >= 13:
+      proc.send_signal(getattr(signal, signal_name))
+      break
+  output = "".join(lines) + proc.stdout.read()
+  assert proc.wait(timeout=300) == 0, output
+  stopped = [l for l in output.splitlines() if f"{signal_name}: saved a checkpoint" in l]
+  assert len(stopped) == 1 and "for each of its 3 runs" in stopped[0], output
+  assert "re-run the same command to resume" in stopped[0].lower()
+  step = int(stopped[0].split("at step ")[1].split()[0])
+  assert 13 <= step < 40
+  for i in range(3):
+    assert step in checkpoint.CheckpointStore(tmp_path / "run" / f"r{i}" / "main",
+                                              read_only=True).all_steps()
+  resumed = _group_process(tmp_path / "run")
+  assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+  for i in range(3):
+    got = loop.read_metrics(tmp_path / "run" / f"r{i}" / "main")
+    want = loop.read_metrics(tmp_path / "ref" / f"r{i}" / "main")
+    strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("per_sec")}
+                             for r in records]
+    assert strip(got) == strip(want), i  # bitwise: the same program, the same batches
+
+
+def test_a_nan_in_one_member_leaves_the_others_unchanged(tmp_path):
+  """A member whose guard stops it is set aside; the other members' numbers are those of the
+  same group without it being poisoned (same program, bitwise)."""
+  specs = specs_for(tmp_path / "a", 3)
+  clean = specs_for(tmp_path / "b", 3)
+  poisoned = dataclasses.replace(specs[1], config=run_config(1e6, 0))
+  batched.train_group([specs[0], poisoned, specs[2]], workdir=tmp_path / "a")
+  batched.train_group([clean[0], dataclasses.replace(clean[1], config=run_config(1e-3, 9)),
+                       clean[2]], workdir=tmp_path / "b")
+  assert any(r.get("diverged") for r in loop.read_metrics(poisoned.directory))
+  assert np.isnan(loop.last_evaluation(poisoned.directory)["eval_loss/raw"])
+  for a, b in ((specs[0], clean[0]), (specs[2], clean[2])):
+    strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("per_sec")}
+                             for r in records]
+    assert strip(loop.read_metrics(a.directory)) == strip(loop.read_metrics(b.directory))
