@@ -1,5 +1,6 @@
 """Tests for anytime.posthoc: exact profiles, least-squares weights, Orbax snapshots, sharding."""
 
+import functools
 import math
 
 import jax
@@ -11,6 +12,10 @@ from scipy import integrate
 
 from anytime import averaging, posthoc
 
+# These tests check the averages' arithmetic with with_averages last (fold="predicted": no
+# lag, readers need no params); tests/test_library_*.py check the default fold="applied".
+_with_averages = functools.partial(averaging.with_averages, fold="predicted")
+
 
 def _run(averages, iterates):
   """Feeds ``iterates`` [T, ...] as the successive params through ``with_averages``.
@@ -18,7 +23,7 @@ def _run(averages, iterates):
   SGD with lr 1 and gradient ``params − w_t`` makes the params after update t exactly ``w_t``.
   Returns the final opt_state.
   """
-  tx = averaging.with_averages(optax.sgd(1.0), averages)
+  tx = _with_averages(optax.sgd(1.0), averages)
   params = jnp.zeros_like(iterates[0])
   state = tx.init(params)
 
@@ -202,7 +207,7 @@ def _random_walk(num_steps, rng):
 def _train_and_snapshot(directory, iterates, tracking, direct, every, keep=0, shard=None):
   """Runs with_averages over ``iterates`` and snapshots the tracked averages every ``every``."""
   averages = {**tracking, **direct}
-  tx = averaging.with_averages(optax.sgd(1.0), averages)
+  tx = _with_averages(optax.sgd(1.0), averages)
   params = jax.tree.map(lambda x: jnp.zeros_like(x[0]), iterates)
   if shard is not None:
     params = jax.device_put(params, shard)
