@@ -58,7 +58,7 @@ from anytime.averaging.builders import (anytime_ema, ema, from_config, gamma_to_
 from anytime.averaging.kinds import (KINDS, REGISTRY, AnytimeEma, Average, AverageState, Ema,
                                      Polyak, PowerEma, Tail, TailState, Window, WindowState)
 from anytime.averaging.transform import (AveragesState, WithAveragesState, average_names,
-                                         averaged_params, eval_params, init_averages,
+                                         averaged_params, eval_params, init_averages, start_average,
                                          update_averages, with_averages)
 
 __all__ = [
@@ -66,6 +66,6 @@ __all__ = [
     "ema", "anytime_ema", "power_ema", "polyak", "tail", "window", "from_config",
     "gamma_to_sigma_rel", "sigma_rel_to_gamma",
     "AverageState", "TailState", "WindowState", "AveragesState", "WithAveragesState",
-    "init_averages", "update_averages", "with_averages",
+    "init_averages", "update_averages", "with_averages", "start_average",
     "average_names", "averaged_params", "eval_params",
 ]

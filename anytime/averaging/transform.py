@@ -386,3 +386,27 @@ def eval_params(opt_state: optax.OptState, params) -> dict[str, Any]:
     for name in _all_averages(holder):
       out[name] = averaged_params(holder, name, like=params)
   return out
+
+
+def start_average(like_state, params, start) -> Any:
+  """A new average's state equal to ``params``, started at step ``start``: shaped, typed and
+  placed like ``like_state`` (an abstract or concrete state of that kind). A resume that adds
+  an average uses it (``anytime.checkpoint.CheckpointStore.restore``)."""
+  ref = _reference_tree(like_state)
+
+  def put(x, a):
+    return jax.device_put(jnp.asarray(x, a.dtype), getattr(a, "sharding", None))
+
+  tree = lambda: jax.tree.map(lambda p, a: put(p, a), _mask_like(ref, params), ref)
+  scalar = lambda a, v: put(jnp.full(a.shape, v), a)
+  begin = scalar(like_state.start, start)
+  if isinstance(like_state, WindowState):
+    return WindowState(tuple(tree() for _ in like_state.snapshots),
+                       scalar(like_state.count, 0), begin, scalar(like_state.next_fold, False))
+  if isinstance(like_state, TailState):
+    return TailState(tree(), scalar(like_state.count, 0), tree(),
+                     scalar(like_state.younger_count, 0), scalar(like_state.total, 0), begin,
+                     scalar(like_state.next_fold, False), scalar(like_state.next_switch, False))
+  # The average equals params, so any rate reads the same until the next update sets it.
+  return AverageState(tree(), scalar(like_state.count, 0), begin,
+                      scalar(like_state.next_rate, 1.0))
