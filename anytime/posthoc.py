@@ -38,7 +38,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
+from anytime._requires import require_train_extra
+
+require_train_extra(__name__, "orbax.checkpoint")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 import optax
