@@ -351,3 +351,24 @@ def test_snapshot_writer_keep_and_validation(tmp_path):
     posthoc.load_snapshot(str(tmp_path / "a"), 30, "nope")
   with pytest.raises(ValueError, match="step"):
     posthoc.load_snapshot(str(tmp_path / "a"), 10, "pema_050")
+
+
+def test_tracked_averages_of_a_default_fold_state_need_and_use_the_params():
+  """With ``fold="applied"`` (the default) the last iterate is folded in from ``params``: the
+  same values as the ``fold="predicted"`` state, in the tracked averages' dtype."""
+  tracking = posthoc.default_tracking()
+  ws = jnp.linspace(0.0, 1.0, 7)[:, None] * jnp.arange(1.0, 4.0)
+  want = _run(tracking, ws)
+  tx = averaging.with_averages(optax.sgd(1.0), tracking)
+  params = jnp.zeros(3)
+  state = tx.init(params)
+  for w in ws:
+    updates, state = tx.update(params - w, state, params)
+    params = optax.apply_updates(params, updates)
+  with pytest.raises(ValueError, match="like=params"):
+    posthoc.tracked_averages(state, tracking)
+  got = posthoc.tracked_averages(state, tracking, params)
+  for name in tracking:
+    assert got[name].dtype == jnp.float32
+    np.testing.assert_allclose(got[name], averaging.averaged_params(want, name), rtol=1e-6,
+                               atol=1e-7)
