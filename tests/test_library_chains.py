@@ -255,3 +255,24 @@ def test_schedules_survive_the_standard_pickle_inside_an_optimizer():
   for step in (0, 3, 100):
     assert float(back(step)) == float(lr(step))
   assert math.isfinite(float(jax.jit(back)(7)))
+
+
+def test_nnx_optimizer_reads_with_the_models_params():
+  """An ``nnx.Optimizer`` boxes its state in ``OptVariable``s and the model's params in
+  ``nnx.Param``s: the readers pair them leaf by leaf."""
+  nnx = pytest.importorskip("flax.nnx")
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  averages = {"polyak": KINDS["polyak"], "window": KINDS["window"]}
+  tx = optax.chain(averaging.with_averages(optax.adam(0.05), averages), optax.scale(0.5))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  applied = []
+  for step in range(6):
+    grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((1, 3)) * (step + 1)) ** 2))(model)
+    optimizer.update(model, grads)
+    applied.append(jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)))
+  params = nnx.state(model, nnx.Param)
+  got = averaging.eval_params(optimizer.opt_state, params)
+  for name, spec in averages.items():
+    assert jax.tree.structure(got[name]) == jax.tree.structure(params)
+    for g, *ws in zip(jax.tree.leaves(got[name]), *map(jax.tree.leaves, applied)):
+      np.testing.assert_allclose(g, reference(name, spec, np.stack(ws)), rtol=2e-5, atol=2e-6)

@@ -51,16 +51,26 @@ def _apply_mask(mask, params):
                      f"it), or a callable returning one: {str(e).splitlines()[0]}") from None
 
 
+def _zip_leaves(fn, average_tree, params):
+  """``fn(a, p)`` over the leaves of ``average_tree`` (MaskedNodes are leaves) and ``params``,
+  paired in order, in ``average_tree``'s structure: the params may be boxed differently (e.g.
+  ``nnx.Param`` leaves against an ``nnx.Optimizer``'s ``OptVariable`` state)."""
+  leaves, treedef = jax.tree.flatten(average_tree, is_leaf=_is_masked)
+  param_leaves = jax.tree.leaves(params)
+  if len(leaves) != len(param_leaves):
+    raise ValueError(f"params/like must have the averaged params' leaves ({len(leaves)}), "
+                     f"got {len(param_leaves)}")
+  return jax.tree.unflatten(treedef, [fn(a, p) for a, p in zip(leaves, param_leaves)])
+
+
 def _mask_like(average_tree, params):
   """``params`` masked where ``average_tree`` (an average's params tree) holds MaskedNodes."""
-  return jax.tree.map(lambda a, p: a if _is_masked(a) else p, average_tree, params,
-                      is_leaf=_is_masked)
+  return _zip_leaves(lambda a, p: a if _is_masked(a) else p, average_tree, params)
 
 
 def _unmask(average_tree, params):
   """The average's tree with the unmasked leaves taken from ``params`` (the current params)."""
-  return jax.tree.map(lambda a, p: p if _is_masked(a) else a, average_tree, params,
-                      is_leaf=_is_masked)
+  return _zip_leaves(lambda a, p: p if _is_masked(a) else a, average_tree, params)
 
 
 def _reference_tree(state):
