@@ -157,12 +157,37 @@ class CheckpointStore:
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
-    """Restores ``step`` onto ``abstract_state`` (ShapeDtypeStructs carrying shardings)."""
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    """Restores ``step`` onto ``abstract_state`` (ShapeDtypeStructs carrying shardings).
+
+    The set of averages (``anytime.averaging``) may differ from the checkpoint's: an average
+    the checkpoint lacks starts from the restored params at the restored step (recorded in its
+    state), one the target lacks is not read; one printed line names them.
+    """
+    saved = self._saved_tree(step)
+    keys = None if saved is None else {
+        _key_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    added, dropped = _average_changes(keys, abstract_state)
+    target = abstract_state
+    if added or dropped:  # read the dropped ones too (then forget them): Orbax wants all
+      target = _swap_averages(abstract_state, added, dropped, saved)
+    items = {"state": ocp.args.StandardRestore(target)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"]
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    if added or dropped:
+      restored = _with_new_averages(restored, abstract_state, added)
+      print(f"checkpoint {self.directory}/{step}: averages added "
+            f"{', '.join(sorted(added)) or 'none'} (they start from the restored params), "
+            f"dropped {', '.join(sorted(dropped)) or 'none'}", flush=True)
+    return restored
+
+  def _saved_tree(self, step: int) -> Any:
+    """The tree metadata of the checkpoint's train state (None when unreadable)."""
+    try:
+      metadata = self.manager.item_metadata(step)["state"]
+    except Exception:  # pylint: disable=broad-except
+      return None
+    return getattr(metadata, "tree", metadata)
 
   def restore_latest_intact(self, abstract_state: Any, data_iterator_factory=None,
                             before: int | None = None) -> tuple[int, Any, Any] | None:
@@ -225,6 +250,102 @@ class CheckpointStore:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+# ---------------------------------------------------------------------------- changed averages
+
+
+def _key_path(path) -> tuple[str, ...]:
+  out = []
+  for key in path:
+    for attr in ("name", "key", "idx"):
+      if hasattr(key, attr):
+        out.append(str(getattr(key, attr)))
+        break
+  return tuple(out)
+
+
+def _is_averages(x) -> bool:
+  from anytime import averaging  # pylint: disable=g-import-not-at-top
+  return isinstance(x, averaging.AveragesState)
+
+
+def _average_changes(saved: set[tuple[str, ...]] | None, abstract_state: Any
+                     ) -> tuple[set[str], set[str]]:
+  """(names the target holds and the checkpoint lacks, names the checkpoint holds and the
+  target lacks), over every ``AveragesState`` of the target."""
+  if saved is None:
+    return set(), set()
+  added, dropped = set(), set()
+  for path, holder in jax.tree_util.tree_flatten_with_path(abstract_state,
+                                                           is_leaf=_is_averages)[0]:
+    if not _is_averages(holder):
+      continue
+    prefix = _key_path(path) + ("averages",)
+    in_checkpoint = {key[len(prefix)] for key in saved
+                     if key[:len(prefix)] == prefix and len(key) > len(prefix)}
+    if not in_checkpoint:  # this holder is new as a whole: not a change of averages
+      continue
+    added |= set(holder.averages) - in_checkpoint
+    dropped |= in_checkpoint - set(holder.averages)
+  return added, dropped
+
+
+def _swap_averages(abstract_state: Any, added: set[str], dropped: set[str], saved: Any) -> Any:
+  """The restore target: ``abstract_state`` without the ``added`` averages and with the
+  ``dropped`` ones as the checkpoint's metadata describes them (on one device)."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  paths = {id(h): _key_path(p) for p, h in jax.tree_util.tree_flatten_with_path(
+      abstract_state, is_leaf=_is_averages)[0] if _is_averages(h)}
+
+  def saved_at(path):
+    node = saved
+    for key in path:
+      node = node[int(key)] if isinstance(node, (list, tuple)) else node[key]
+    return node
+
+  def swap(holder):
+    kept = {k: v for k, v in holder.averages.items() if k not in added}
+    for name in dropped:
+      try:
+        meta = saved_at(paths[id(holder)] + ("averages", name))
+      except (KeyError, IndexError, TypeError):
+        continue
+      kept[name] = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), meta)
+    return holder._replace(averages=kept)
+
+  return jax.tree.map(lambda x: swap(x) if _is_averages(x) else x, abstract_state,
+                      is_leaf=_is_averages)
+
+
+def _with_new_averages(restored: Any, abstract_state: Any, added: set[str]) -> Any:
+  """``restored`` with the ``added`` averages (shaped, typed and placed as in
+  ``abstract_state``) started from its params at its step."""
+  from anytime import averaging  # pylint: disable=g-import-not-at-top
+  params = getattr(restored, "params", None)
+  if params is None and isinstance(restored, Mapping):
+    params = restored.get("params")
+  if added and params is None:
+    raise ValueError("the restored state has no `params` field to start the added averages "
+                     f"{sorted(added)} from; add them with averaging.start_average")
+  abstract_holders = [x for x in jax.tree.leaves(abstract_state, is_leaf=_is_averages)
+                      if _is_averages(x)]
+  holders = iter(abstract_holders)
+  starts = {}
+  for x in jax.tree.leaves(restored, is_leaf=lambda y: isinstance(y, averaging.WithAveragesState)):
+    if isinstance(x, averaging.WithAveragesState):
+      starts[id(x.averages)] = x.step
+
+  def fill(holder):
+    want = next(holders)
+    start = starts.get(id(holder), holder.step)
+    new = {name: averaging.start_average(want.averages[name], params, start)
+           for name in want.averages if name in added}
+    return holder._replace(averages={name: new[name] if name in added else holder.averages[name]
+                                     for name in want.averages})
+
+  return jax.tree.map(lambda x: fill(x) if _is_averages(x) else x, restored, is_leaf=_is_averages)
 
 
 def write_json(path: epath.Path, payload: Mapping[str, Any]) -> None:

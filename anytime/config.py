@@ -27,6 +27,9 @@ SAFE_TO_CHANGE = (
     # to "skip" after a "stop" (or back) changes nothing already computed.
     "train.nan_policy", "train.max_skipped_updates", "train.clean_steps_before_save",
     "train.spike_factor", "train.spike_policy",
+    # Averages added start from the restored params at the restored step, dropped ones are
+    # ignored; the restore prints one line naming them (anytime.checkpoint).
+    "optimizer.averages",
 )
 # Sections taken whole (a schedule's options, the named averages): a key absent from them is
 # an option not given, not a key that did not exist yet.

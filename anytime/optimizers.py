@@ -102,7 +102,9 @@ def build(
       raise ValueError(f"optimizer.averages.{avg_name} clashes with a post-hoc tracking average")
     averages[avg_name] = spec
   if averages:
-    base = averaging.with_averages(base, averages)
+    # Last among the transformations that change updates (only clipping comes before it), so
+    # the predicted fold is exact: no lag, and readers need no params (posthoc snapshots).
+    base = averaging.with_averages(base, averages, fold="predicted")
   if config["grad_clip_norm"]:
     base = optax.chain(optax.clip_by_global_norm(config["grad_clip_norm"]), base)
   return base, schedule

@@ -10,7 +10,7 @@ combination of the stored parameters is the reconstructed average.
     tx = averaging.with_averages(optax.adamw(...), averages={**tracking, ...})
     writer = posthoc.SnapshotWriter(workdir + "/main/snapshots", tracking, keep=0)
     ...  # every snapshot_every steps:
-    writer.save(step, posthoc.tracked_averages(opt_state, tracking))
+    writer.save(step, posthoc.tracked_averages(opt_state, tracking, params))
     writer.close()
     params, fit_error = posthoc.reconstruct(workdir + "/main/snapshots", target_step=step,
                                             sigma_rel=0.07)
@@ -38,7 +38,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
+from anytime._requires import require_train_extra
+
+require_train_extra(__name__, "orbax.checkpoint")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -78,9 +82,23 @@ def default_tracking(
   return out
 
 
-def tracked_averages(opt_state: optax.OptState, tracking: Mapping[str, averaging.Average]):
-  """``{name: averaged params}`` for every tracked average, read from ``opt_state``."""
-  return {name: averaging.averaged_params(opt_state, name) for name in tracking}
+def tracked_averages(opt_state: optax.OptState, tracking: Mapping[str, averaging.Average],
+                     params: Any = None):
+  """``{name: averaged params}`` for every tracked average, read from ``opt_state``.
+
+  ``params``: the current params. Required when the state comes from
+  ``with_averages(fold="applied")`` (the default), whose last iterate is folded in from them;
+  float leaves are read in the tracked average's dtype either way (not the params' dtype).
+  """
+  if params is None:
+    return {name: averaging.averaged_params(opt_state, name) for name in tracking}
+
+  def like(spec):
+    return jax.tree.map(
+        lambda p: p.astype(spec.dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+
+  return {name: averaging.averaged_params(opt_state, name, like=like(spec))
+          for name, spec in tracking.items()}
 
 
 # --------------------------------------------------------------------------- profiles

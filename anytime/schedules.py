@@ -7,7 +7,10 @@ branches and WSD-S (``wsd_s``) are built.
 
 Every schedule takes ``peak_value`` and an optional linear warmup from
 ``warmup_init_fraction * peak_value`` to ``peak_value`` over ``warmup_steps`` steps. All are
-jit-able and accept a Python int or an integer/float array step. Only jax + optax are imported.
+jit-able (``jax.jit(schedule)``, any number of times), picklable with the standard ``pickle``, and
+print their arguments. A step is a Python int or an integer/float array: a concrete negative step
+raises ``ValueError``; a traced one (inside ``jit``/``vmap``) cannot raise and is clamped to 0.
+Only jax + optax are imported.
 
 References::
 
@@ -23,6 +26,7 @@ References::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -82,15 +86,135 @@ def _check_shape(shape: str) -> str:
   return shape
 
 
-def _guard_step(schedule: Callable[[Any], jax.Array]) -> Schedule:
-  """Rejects concrete negative steps; traced steps pass through unchanged."""
+# --------------------------------------------------------------------------- parts
+#
+# Every schedule is built from these module-level callables (no closures), so a schedule pickles
+# with the standard ``pickle`` (multiprocessing, Ray, submitit) and prints what it holds.
 
-  def guarded(step):
-    if isinstance(step, (int, np.integer, float, np.floating)) and step < 0:
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Constant:
+  value: float
+
+  def __call__(self, step):
+    return jnp.broadcast_to(jnp.asarray(self.value, jnp.float32), jnp.shape(step))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Linear:
+  """optax.linear_schedule's formula: from ``init`` to ``end`` over ``steps`` steps."""
+  init: float
+  end: float
+  steps: int
+
+  def __call__(self, step):
+    count = jnp.clip(step, 0, self.steps)
+    return (self.init - self.end) * (1 - count / self.steps) + self.end
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Cosine:
+  """optax.cosine_decay_schedule's formula: ``init`` to ``alpha * init`` over ``steps``."""
+  init: float
+  steps: int
+  alpha: float
+
+  def __call__(self, step):
+    count = jnp.minimum(step, self.steps)
+    decay = 0.5 * (1 + jnp.cos(jnp.pi * count / self.steps))
+    return self.init * ((1 - self.alpha) * decay + self.alpha)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Polynomial:
+  peak: float
+  exponent: float
+  offset: float
+
+  def __call__(self, step):
+    s = jnp.maximum(jnp.asarray(step, jnp.float32), 0.0)
+    return self.peak * (self.offset / (s + self.offset)) ** self.exponent
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Cyclic:
+  cycle: _Cosine
+  cycle_steps: int
+
+  def __call__(self, step):
+    return self.cycle(jnp.mod(jnp.asarray(step), self.cycle_steps))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Warmup:
+  """``warmup(step)`` before ``steps``, then ``body(step - steps)`` (optax.join_schedules)."""
+  warmup: Callable
+  body: Callable
+  steps: int
+
+  def __call__(self, step):
+    return jnp.where(step < self.steps, self.warmup(step), self.body(step - self.steps))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Branch:
+  """``main`` before ``branch_step``; then a cooldown from ``start_value``."""
+  main: Callable
+  branch_step: int
+  cooldown_steps: int
+  shape: str
+  final_fraction: float
+  start_value: float
+
+  def __call__(self, step):
+    step = jnp.asarray(step)
+    progress = (step.astype(jnp.float32) - self.branch_step) / self.cooldown_steps
+    cooled = self.start_value * cooldown_multiplier(progress, self.shape, self.final_fraction)
+    return jnp.where(step < self.branch_step, self.main(step), cooled)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _WsdS:
+  warm: Callable
+  peak_value: float
+  ends: tuple
+  cooldown_steps: int
+  shape: str
+  final_fraction: float
+  rewarmup_steps: int
+
+  def __call__(self, step):
+    step = jnp.asarray(step)
+    lr = self.warm(step)
+    final_value = self.final_fraction * self.peak_value
+    for end in self.ends:
+      progress = (step.astype(jnp.float32) - (end - self.cooldown_steps)) / self.cooldown_steps
+      in_decay = (step >= end - self.cooldown_steps) & (step < end)
+      lr = jnp.where(in_decay, self.peak_value * cooldown_multiplier(
+          progress, self.shape, self.final_fraction), lr)
+      if self.rewarmup_steps:
+        ramp = final_value + (self.peak_value - final_value) * (step - end) / self.rewarmup_steps
+        lr = jnp.where((step >= end) & (step < end + self.rewarmup_steps), ramp, lr)
+    return lr
+
+
+def _is_traced(step) -> bool:
+  return isinstance(step, jax.core.Tracer)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _NonNegativeStep:
+  """Refuses a concrete negative step (int, NumPy or jax array: ``ValueError``); a traced step
+  (inside ``jit``/``vmap``) cannot raise, so it is clamped to 0 there."""
+  body: Callable
+
+  def __call__(self, step):
+    if _is_traced(step):
+      return self.body(jnp.maximum(jnp.asarray(step), 0))
+    concrete = np.asarray(step)
+    if concrete.size and concrete.min() < 0:
       raise ValueError(f"step must be >= 0, got {step!r}")
-    return schedule(jnp.asarray(step))
-
-  return guarded
+    return self.body(jnp.asarray(step))
 
 
 def _with_warmup(
@@ -100,19 +224,24 @@ def _with_warmup(
   warmup_steps = _check_nonnegative_int("warmup_steps", warmup_steps)
   warmup_init_fraction = _check_fraction("warmup_init_fraction", warmup_init_fraction)
   if warmup_steps == 0:
-    return _guard_step(body)
-  warmup = optax.linear_schedule(warmup_init_fraction * peak_value, peak_value, warmup_steps)
-  return _guard_step(optax.join_schedules([warmup, body], [warmup_steps]))
+    return _NonNegativeStep(body)
+  warmup = _Linear(warmup_init_fraction * peak_value, peak_value, warmup_steps)
+  return _NonNegativeStep(_Warmup(warmup, body, warmup_steps))
 
 
 class NamedSchedule:
   """An ``optax.Schedule`` that says what it is: ``inverse_sqrt(peak_value=0.001, ...)``.
 
-  Calling it is calling the schedule (jit-able); equality and hashing are by identity, like a
-  function's.
+  Calling it is calling the schedule; ``jax.jit(schedule)`` works (any number of times), and
+  it pickles with the standard ``pickle`` when what it wraps does (every schedule of this
+  module does). Equality and hashing are by identity, like a function's.
+
+  Steps: a Python/NumPy int or float, or an integer/float array. A concrete negative step
+  (also inside a concrete array) raises ``ValueError``; a traced step (inside ``jit`` or
+  ``vmap``) cannot raise, and a negative one is clamped to 0.
   """
 
-  __slots__ = ("_fn", "name", "arguments")
+  __slots__ = ("_fn", "name", "arguments", "__weakref__")
 
   def __init__(self, fn: Callable[[Any], jax.Array], name: str, arguments: Mapping[str, Any]):
     self._fn = fn
@@ -121,6 +250,9 @@ class NamedSchedule:
 
   def __call__(self, step) -> jax.Array:
     return self._fn(step)
+
+  def __reduce__(self):
+    return NamedSchedule, (self._fn, self.name, self.arguments)
 
   def __repr__(self) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items())
@@ -166,9 +298,7 @@ def constant(
     (0.0005000000237487257, 0.0010000000474974513)
   """
   peak_value = _check_positive("peak_value", peak_value)
-  return _with_warmup(
-      optax.constant_schedule(peak_value), peak_value, warmup_steps, warmup_init_fraction
-  )
+  return _with_warmup(_Constant(peak_value), peak_value, warmup_steps, warmup_init_fraction)
 
 
 @_named
@@ -189,11 +319,7 @@ def polynomial_decay(
   peak_value = _check_positive("peak_value", peak_value)
   exponent = _check_fraction("exponent", exponent, open_right=True)
   offset = _check_positive("offset", offset)
-
-  def body(step):
-    s = jnp.maximum(jnp.asarray(step, jnp.float32), 0.0)
-    return peak_value * (offset / (s + offset)) ** exponent
-
+  body = _Polynomial(peak_value, exponent, offset)
   return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
 
 
@@ -286,7 +412,7 @@ def cosine(
 ) -> Schedule:
   """Cosine decay from peak (after warmup) to ``final_fraction * peak`` at ``total_steps``."""
   return _decay_to_horizon(
-      lambda peak, fraction, steps: optax.cosine_decay_schedule(peak, steps, alpha=fraction),
+      lambda peak, fraction, steps: _Cosine(peak, steps, fraction),
       peak_value, total_steps, final_fraction, warmup_steps, warmup_init_fraction)
 
 
@@ -301,7 +427,7 @@ def linear(
 ) -> Schedule:
   """Linear decay from peak (after warmup) to ``final_fraction * peak`` at ``total_steps``."""
   return _decay_to_horizon(
-      lambda peak, fraction, steps: optax.linear_schedule(peak, fraction * peak, steps),
+      lambda peak, fraction, steps: _Linear(peak, fraction * peak, steps),
       peak_value, total_steps, final_fraction, warmup_steps, warmup_init_fraction)
 
 
@@ -365,15 +491,9 @@ def decay_branch(
   _check_shape(shape)
   final_fraction = _check_fraction("final_fraction", final_fraction)
   cooldown_multiplier(0.0, shape, final_fraction)  # validates shape x final_fraction eagerly.
-  start_value = main_schedule(branch_step)
-
-  def schedule(step):
-    step = jnp.asarray(step)
-    progress = (step.astype(jnp.float32) - branch_step) / cooldown_steps
-    cooled = start_value * cooldown_multiplier(progress, shape, final_fraction)
-    return jnp.where(step < branch_step, main_schedule(step), cooled)
-
-  return _guard_step(schedule)
+  start_value = float(main_schedule(branch_step))
+  return _NonNegativeStep(_Branch(main_schedule, branch_step, cooldown_steps, shape,
+                                  final_fraction, start_value))
 
 
 def cooldown_length(fraction: float, horizon: int) -> int:
@@ -402,8 +522,8 @@ def wsd(
 ) -> Schedule:
   """Warmup-stable-decay: warmup, constant at peak, cooldown over the last steps.
 
-  Give exactly one of ``cooldown_steps`` or ``cooldown_fraction`` (of ``total_steps``; 0.1-0.2
-  is typical). The cooldown ends at ``total_steps`` at ``final_fraction * peak``.
+  Give exactly one of ``cooldown_steps`` (>= 1) or ``cooldown_fraction`` (of ``total_steps``,
+  in (0, 1]; 0.1-0.2 is typical; 0 is refused: a WSD without cooldown is ``constant``). The cooldown ends at ``total_steps`` at ``final_fraction * peak``.
 
   References:
     Hu et al. 2024, "MiniCPM"; Hägele et al. 2024 (1-sqrt cooldown).
@@ -419,6 +539,9 @@ def wsd(
     raise ValueError("give exactly one of cooldown_steps or cooldown_fraction")
   if cooldown_fraction is not None:
     cooldown_fraction = _check_fraction("cooldown_fraction", cooldown_fraction)
+    if cooldown_fraction == 0:
+      raise ValueError("cooldown_fraction must be in (0, 1], got 0.0 (no cooldown: use "
+                       "schedules.constant)")
     cooldown_steps = cooldown_length(cooldown_fraction, total_steps)
   cooldown_steps = _check_positive_int("cooldown_steps", cooldown_steps)
   if warmup_steps + cooldown_steps > total_steps:
@@ -466,21 +589,8 @@ def wsd_s(
       )
     previous_end = end + rewarmup_steps
   warm = constant(peak_value, warmup_steps=warmup_steps, warmup_init_fraction=warmup_init_fraction)
-  final_value = final_fraction * peak_value
-
-  def schedule(step):
-    step = jnp.asarray(step)
-    lr = warm(step)
-    for end in ends:
-      progress = (step.astype(jnp.float32) - (end - cooldown_steps)) / cooldown_steps
-      in_decay = (step >= end - cooldown_steps) & (step < end)
-      lr = jnp.where(in_decay, peak_value * cooldown_multiplier(progress, shape, final_fraction), lr)
-      if rewarmup_steps:
-        ramp = final_value + (peak_value - final_value) * (step - end) / rewarmup_steps
-        lr = jnp.where((step >= end) & (step < end + rewarmup_steps), ramp, lr)
-    return lr
-
-  return _guard_step(schedule)
+  return _NonNegativeStep(_WsdS(warm, peak_value, tuple(ends), cooldown_steps, shape,
+                                final_fraction, rewarmup_steps))
 
 
 @_named
@@ -495,12 +605,8 @@ def cyclic_cosine(
   """SGDR-style cosine with warm restarts: cycles of ``cycle_steps`` from peak to a fraction."""
   peak_value = _check_positive("peak_value", peak_value)
   cycle_steps = _check_positive_int("cycle_steps", cycle_steps)
-  cycle = optax.cosine_decay_schedule(peak_value, cycle_steps, alpha=final_fraction)
-  _check_fraction("final_fraction", final_fraction)
-
-  def body(step):
-    return cycle(jnp.mod(jnp.asarray(step), cycle_steps))
-
+  final_fraction = _check_fraction("final_fraction", final_fraction)
+  body = _Cyclic(_Cosine(peak_value, cycle_steps, final_fraction), cycle_steps)
   return _with_warmup(body, peak_value, warmup_steps, warmup_init_fraction)
 
 

@@ -12,6 +12,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from anytime import averaging
 
+# These tests check the averages' arithmetic with with_averages last (fold="predicted": no
+# lag, readers need no params); tests/test_library_*.py check the default fold="applied".
+_with_averages = functools.partial(averaging.with_averages, fold="predicted")
+
 NUM_STEPS = 37
 
 
@@ -26,7 +30,7 @@ def iterate_sequence(seed=0, num_steps=NUM_STEPS, dim=5):
 
 def run_wrapper(spec, seed=0, num_steps=NUM_STEPS):
   w0, grads, _ = iterate_sequence(seed, num_steps)
-  tx = averaging.with_averages(optax.sgd(0.1), {"avg": spec})
+  tx = _with_averages(optax.sgd(0.1), {"avg": spec})
   params = {"w": jnp.asarray(w0)}
   state = tx.init(params)
   update = jax.jit(tx.update)
@@ -178,7 +182,7 @@ def train(tx, params, loss, steps=6, donate=False):
 def test_inside_chain_and_state_structure_stable():
   params, loss = quadratic_problem()
   tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   averaging.with_averages(optax.adamw(0.1), ALL_KINDS))
+                   _with_averages(optax.adamw(0.1), ALL_KINDS))
   state0 = tx.init(params)
   params, state = train(tx, params, loss)
   assert jax.tree.structure(state0) == jax.tree.structure(state)
@@ -192,13 +196,13 @@ def test_inside_chain_and_state_structure_stable():
 
 def test_inject_hyperparams_outside_and_inside():
   params, loss = quadratic_problem()
-  inside = averaging.with_averages(optax.inject_hyperparams(optax.adamw)(learning_rate=0.1),
+  inside = _with_averages(optax.inject_hyperparams(optax.adamw)(learning_rate=0.1),
                                    {"ema_25": averaging.anytime_ema(25.0)})
   outside = optax.inject_hyperparams(
-      lambda learning_rate: averaging.with_averages(optax.adamw(learning_rate),
+      lambda learning_rate: _with_averages(optax.adamw(learning_rate),
                                                     {"ema_25": averaging.anytime_ema(25.0)})
   )(learning_rate=0.1)
-  plain = averaging.with_averages(optax.adamw(0.1), {"ema_25": averaging.anytime_ema(25.0)})
+  plain = _with_averages(optax.adamw(0.1), {"ema_25": averaging.anytime_ema(25.0)})
   results = [train(tx, params, loss) for tx in (inside, outside, plain)]
   want = averaging.averaged_params(results[2][1], "ema_25")
   for _, state in results[:2]:
@@ -209,9 +213,9 @@ def test_inject_hyperparams_outside_and_inside():
 def test_multisteps_averages_only_real_updates():
   params, loss = quadratic_problem()
   k = 3
-  multi = optax.MultiSteps(averaging.with_averages(optax.sgd(0.05), {"p": averaging.polyak()}),
+  multi = optax.MultiSteps(_with_averages(optax.sgd(0.05), {"p": averaging.polyak()}),
                            every_k_schedule=k)
-  single = averaging.with_averages(optax.sgd(0.05), {"p": averaging.polyak()})
+  single = _with_averages(optax.sgd(0.05), {"p": averaging.polyak()})
   _, state_multi = train(multi, params, loss, steps=4 * k)
   _, state_single = train(single, params, loss, steps=4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
@@ -222,7 +226,7 @@ def test_multisteps_averages_only_real_updates():
 @pytest.mark.parametrize("avg_dtype", [jnp.float32, jnp.bfloat16])
 def test_bf16_params_and_bf16_averages_keep_dtypes(avg_dtype):
   params, loss = quadratic_problem(jnp.bfloat16)
-  tx = averaging.with_averages(optax.adamw(0.1), {
+  tx = _with_averages(optax.adamw(0.1), {
       "ema": averaging.anytime_ema(25.0, dtype=avg_dtype),
       "lawa": averaging.window(1, 2, dtype=avg_dtype)})
   state0 = tx.init(params)
@@ -236,7 +240,7 @@ def test_bf16_params_and_bf16_averages_keep_dtypes(avg_dtype):
 
 def test_jit_with_donated_state_matches_undonated():
   params, loss = quadratic_problem()
-  tx = averaging.with_averages(optax.adamw(0.1), ALL_KINDS)
+  tx = _with_averages(optax.adamw(0.1), ALL_KINDS)
   p1, s1 = train(tx, params, loss, donate=False)
   p2, s2 = train(tx, jax.tree.map(jnp.copy, params), loss, donate=True)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), (p1, s1), (p2, s2))
@@ -248,7 +252,7 @@ def test_shardings_preserved_on_8_device_mesh():
   params = {"w": jnp.ones((8, 16)), "v": jnp.ones((16,))}
   shardings = {"w": NamedSharding(mesh, P("data", "model")), "v": NamedSharding(mesh, P("model"))}
   params = jax.device_put(params, shardings)
-  tx = averaging.with_averages(optax.adamw(0.1), {k: v for k, v in ALL_KINDS.items()
+  tx = _with_averages(optax.adamw(0.1), {k: v for k, v in ALL_KINDS.items()
                                                   if k != "lawa"})
   loss = lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["v"] ** 2)
   state = jax.jit(tx.init)(params)
@@ -268,7 +272,7 @@ def test_shardings_preserved_on_8_device_mesh():
 
 def test_eval_params_includes_schedule_free():
   params, loss = quadratic_problem()
-  tx = averaging.with_averages(optax.contrib.schedule_free_adamw(0.1, warmup_steps=2),
+  tx = _with_averages(optax.contrib.schedule_free_adamw(0.1, warmup_steps=2),
                                {"ema_25": averaging.anytime_ema(25.0)})
   params, state = train(tx, params, loss)
   names = averaging.eval_params(state, params)
@@ -279,7 +283,7 @@ def test_eval_params_includes_schedule_free():
 
 def test_errors():
   with pytest.raises(ValueError, match="params"):
-    tx = averaging.with_averages(optax.sgd(0.1), {"p": averaging.polyak()})
+    tx = _with_averages(optax.sgd(0.1), {"p": averaging.polyak()})
     tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
   with pytest.raises(ValueError, match="decay"):
     averaging.ema(1.5)
@@ -294,11 +298,11 @@ def test_errors():
   with pytest.raises(ValueError, match="exactly one"):
     averaging.power_ema()
   with pytest.raises(ValueError, match="averages"):
-    averaging.with_averages(optax.sgd(0.1), {})
+    _with_averages(optax.sgd(0.1), {})
   with pytest.raises(ValueError, match="kind"):
     averaging.from_config({"kind": "swa_of_doom"})
   with pytest.raises(KeyError, match="ema_25"):
-    tx = averaging.with_averages(optax.sgd(0.1), {"p": averaging.polyak()})
+    tx = _with_averages(optax.sgd(0.1), {"p": averaging.polyak()})
     averaging.averaged_params(tx.init({"w": jnp.ones(2)}), "ema_25")
   assert math.isclose(averaging.from_config({"kind": "anytime_ema", "factor": 25}).factor, 25.0)
 
@@ -345,7 +349,7 @@ def test_rates_are_the_one_step_recursion():
 
 def test_pure_function_form_matches_the_wrapper():
   params, loss = quadratic_problem()
-  tx = averaging.with_averages(optax.adamw(0.1), ALL_KINDS)
+  tx = _with_averages(optax.adamw(0.1), ALL_KINDS)
   _, wrapped = train(tx, params, loss)
   inner, state = optax.adamw(0.1), averaging.init_averages(ALL_KINDS, params)
   inner_state = inner.init(params)
@@ -362,27 +366,27 @@ def test_pure_function_form_matches_the_wrapper():
 def test_with_averages_of_multisteps_is_refused_with_the_right_order():
   avg = {"p": averaging.polyak()}
   with pytest.raises(ValueError, match=r"optax.MultiSteps\(with_averages"):
-    averaging.with_averages(optax.MultiSteps(optax.sgd(0.1), 2), avg)
-  tx = averaging.with_averages(optax.MultiSteps(optax.sgd(0.1), 2).gradient_transformation(), avg)
+    _with_averages(optax.MultiSteps(optax.sgd(0.1), 2), avg)
+  tx = _with_averages(optax.MultiSteps(optax.sgd(0.1), 2).gradient_transformation(), avg)
   with pytest.raises(ValueError, match=r"optax.MultiSteps\(with_averages"):
     tx.init({"w": jnp.ones(2)})
 
 
 def test_hyperparams_pass_through():
-  tx = averaging.with_averages(optax.inject_hyperparams(optax.adamw)(learning_rate=0.1),
+  tx = _with_averages(optax.inject_hyperparams(optax.adamw)(learning_rate=0.1),
                                {"p": averaging.polyak()})
   state = tx.init({"w": jnp.ones(2)})
   assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.1)
   state.hyperparams["learning_rate"] = jnp.asarray(0.05)
   assert float(state.inner_state.hyperparams["learning_rate"]) == pytest.approx(0.05)
-  plain = averaging.with_averages(optax.sgd(0.1), {"p": averaging.polyak()})
+  plain = _with_averages(optax.sgd(0.1), {"p": averaging.polyak()})
   with pytest.raises(AttributeError, match="inject_hyperparams"):
     plain.init({"w": jnp.ones(2)}).hyperparams
 
 
 def test_like_keeps_param_dtypes_and_ints_are_not_averaged():
   params = {"w": jnp.ones(3, jnp.bfloat16), "n": jnp.array([1, 2], jnp.int32)}
-  tx = averaging.with_averages(optax.sgd(1.0), {"p": averaging.polyak(),
+  tx = _with_averages(optax.sgd(1.0), {"p": averaging.polyak(),
                                                  "lawa": averaging.window(1, 3)})
   state = tx.init(params)
   for _ in range(4):
@@ -404,7 +408,7 @@ def test_like_keeps_param_dtypes_and_ints_are_not_averaged():
 @pytest.mark.parametrize("name", list(ALL_KINDS))
 def test_abstract_state_gives_abstract_params(name):
   params, _ = quadratic_problem(jnp.bfloat16)
-  tx = averaging.with_averages(optax.adamw(0.1), ALL_KINDS)
+  tx = _with_averages(optax.adamw(0.1), ALL_KINDS)
   abstract = jax.eval_shape(tx.init, params)
   avg = averaging.averaged_params(abstract, name, like=params)
   assert jax.tree.structure(avg) == jax.tree.structure(params)

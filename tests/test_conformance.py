@@ -18,6 +18,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from anytime import averaging
 
+# These tests check the averages' arithmetic with with_averages last (fold="predicted": no
+# lag, readers need no params); tests/test_library_*.py check the default fold="applied".
+_with_averages = functools.partial(averaging.with_averages, fold="predicted")
+
 KINDS = {
     "ema": averaging.ema(0.9),
     "anytime_ema": averaging.anytime_ema(25.0),
@@ -56,11 +60,11 @@ def close(a, b, tol=1e-5):
 
 NESTINGS = {
     "chain_clip": lambda avg: optax.chain(optax.clip_by_global_norm(1.0),
-                                          averaging.with_averages(optax.adam(0.1), avg)),
-    "inject_inside": lambda avg: averaging.with_averages(
+                                          _with_averages(optax.adam(0.1), avg)),
+    "inject_inside": lambda avg: _with_averages(
         optax.inject_hyperparams(optax.adam)(learning_rate=0.1), avg),
     "inject_outside": lambda avg: optax.inject_hyperparams(
-        lambda learning_rate: averaging.with_averages(optax.adam(learning_rate), avg))(
+        lambda learning_rate: _with_averages(optax.adam(learning_rate), avg))(
             learning_rate=0.1),
 }
 
@@ -69,7 +73,7 @@ NESTINGS = {
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_nestings_match_the_plain_wrapper(kind, nesting):
   avg = {kind: KINDS[kind]}
-  plain_tx = averaging.with_averages(optax.adam(0.1), avg)
+  plain_tx = _with_averages(optax.adam(0.1), avg)
   if nesting == "chain_clip":
     plain_tx = optax.chain(optax.clip_by_global_norm(1.0), plain_tx)
   _, want = run(plain_tx, small_params())
@@ -80,8 +84,8 @@ def test_nestings_match_the_plain_wrapper(kind, nesting):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_multisteps_averages_real_updates_only(kind):
   avg = {kind: KINDS[kind]}
-  _, single = run(averaging.with_averages(optax.sgd(0.1), avg), small_params(), steps=4)
-  _, multi = run(optax.MultiSteps(averaging.with_averages(optax.sgd(0.1), avg), 3),
+  _, single = run(_with_averages(optax.sgd(0.1), avg), small_params(), steps=4)
+  _, multi = run(optax.MultiSteps(_with_averages(optax.sgd(0.1), avg), 3),
                  small_params(), steps=12)
   close(averaging.averaged_params(multi, kind), averaging.averaged_params(single, kind))
 
@@ -89,7 +93,7 @@ def test_multisteps_averages_real_updates_only(kind):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_bf16_donation_and_eval_shape(kind):
   avg = {kind: KINDS[kind]}
-  tx = averaging.with_averages(optax.adam(0.1), avg)
+  tx = _with_averages(optax.adam(0.1), avg)
   params = small_params(jnp.bfloat16)
   state0 = tx.init(params)
   p1, s1 = run(tx, params)
@@ -122,7 +126,7 @@ def test_plain_named_sharding(kind, num_devices):
   mesh = mesh_of(num_devices)
   shardings = {"w": NamedSharding(mesh, P(None, "data")), "b": NamedSharding(mesh, P("data"))}
   params = jax.device_put(small_params(), shardings)
-  tx = averaging.with_averages(optax.adam(0.1), {kind: KINDS[kind]})
+  tx = _with_averages(optax.adam(0.1), {kind: KINDS[kind]})
   abstract = jax.eval_shape(tx.init, params)
   # The one helper: optax.tree_map_params gives every average its param's sharding.
   state_shardings = optax.tree_map_params(
@@ -152,7 +156,7 @@ def test_linen_partitioned_metadata(kind, num_devices):
   """The issue's failure: the window's buffer kept P('data', None, None) on a 3-D array."""
   mesh = mesh_of(num_devices)
   model = LinenMlp()
-  tx = averaging.with_averages(optax.adam(0.1), {kind: KINDS[kind]})
+  tx = _with_averages(optax.adam(0.1), {kind: KINDS[kind]})
 
   def init():
     params = model.init(jax.random.key(0), jnp.ones((2, 8)))["params"]
@@ -185,7 +189,7 @@ class NnxMlp(nnx.Module):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_nnx_metadata_and_nnx_optimizer(kind, num_devices):
   mesh = mesh_of(num_devices)
-  tx = averaging.with_averages(optax.adam(0.1), {kind: KINDS[kind]})
+  tx = _with_averages(optax.adam(0.1), {kind: KINDS[kind]})
 
   @nnx.jit
   def create():

@@ -1,5 +1,6 @@
 """Tests for anytime.posthoc: exact profiles, least-squares weights, Orbax snapshots, sharding."""
 
+import functools
 import math
 
 import jax
@@ -11,6 +12,10 @@ from scipy import integrate
 
 from anytime import averaging, posthoc
 
+# These tests check the averages' arithmetic with with_averages last (fold="predicted": no
+# lag, readers need no params); tests/test_library_*.py check the default fold="applied".
+_with_averages = functools.partial(averaging.with_averages, fold="predicted")
+
 
 def _run(averages, iterates):
   """Feeds ``iterates`` [T, ...] as the successive params through ``with_averages``.
@@ -18,7 +23,7 @@ def _run(averages, iterates):
   SGD with lr 1 and gradient ``params − w_t`` makes the params after update t exactly ``w_t``.
   Returns the final opt_state.
   """
-  tx = averaging.with_averages(optax.sgd(1.0), averages)
+  tx = _with_averages(optax.sgd(1.0), averages)
   params = jnp.zeros_like(iterates[0])
   state = tx.init(params)
 
@@ -202,7 +207,7 @@ def _random_walk(num_steps, rng):
 def _train_and_snapshot(directory, iterates, tracking, direct, every, keep=0, shard=None):
   """Runs with_averages over ``iterates`` and snapshots the tracked averages every ``every``."""
   averages = {**tracking, **direct}
-  tx = averaging.with_averages(optax.sgd(1.0), averages)
+  tx = _with_averages(optax.sgd(1.0), averages)
   params = jax.tree.map(lambda x: jnp.zeros_like(x[0]), iterates)
   if shard is not None:
     params = jax.device_put(params, shard)
@@ -346,3 +351,24 @@ def test_snapshot_writer_keep_and_validation(tmp_path):
     posthoc.load_snapshot(str(tmp_path / "a"), 30, "nope")
   with pytest.raises(ValueError, match="step"):
     posthoc.load_snapshot(str(tmp_path / "a"), 10, "pema_050")
+
+
+def test_tracked_averages_of_a_default_fold_state_need_and_use_the_params():
+  """With ``fold="applied"`` (the default) the last iterate is folded in from ``params``: the
+  same values as the ``fold="predicted"`` state, in the tracked averages' dtype."""
+  tracking = posthoc.default_tracking()
+  ws = jnp.linspace(0.0, 1.0, 7)[:, None] * jnp.arange(1.0, 4.0)
+  want = _run(tracking, ws)
+  tx = averaging.with_averages(optax.sgd(1.0), tracking)
+  params = jnp.zeros(3)
+  state = tx.init(params)
+  for w in ws:
+    updates, state = tx.update(params - w, state, params)
+    params = optax.apply_updates(params, updates)
+  with pytest.raises(ValueError, match="like=params"):
+    posthoc.tracked_averages(state, tracking)
+  got = posthoc.tracked_averages(state, tracking, params)
+  for name in tracking:
+    assert got[name].dtype == jnp.float32
+    np.testing.assert_allclose(got[name], averaging.averaged_params(want, name), rtol=1e-6,
+                               atol=1e-7)

@@ -169,3 +169,60 @@ def test_from_config_builds_each_and_rejects_unknown():
 def test_bad_arguments_raise_clear_errors(make, match):
   with pytest.raises(ValueError, match=match):
     make()
+
+
+# ------------------------------------------------------------------ plain callables (issue 23)
+
+_EVERY_SCHEDULE = """
+from anytime import schedules as S
+EVERY = [S.constant(1e-3), S.constant(1e-3, warmup_steps=3, warmup_init_fraction=0.1),
+         S.inverse_sqrt(1.0, offset=4, warmup_steps=2), S.polynomial_decay(1.0, exponent=0.3),
+         S.cosine(1.0, total_steps=10, warmup_steps=2), S.linear(1.0, total_steps=10),
+         S.wsd(1.0, total_steps=10, cooldown_fraction=0.2, shape="1-sqrt"),
+         S.wsd_s(1.0, decay_ends=[5, 10], cooldown_steps=2, rewarmup_steps=1),
+         S.cyclic_cosine(1.0, cycle_steps=4),
+         S.decay_branch(S.inverse_sqrt(1.0), 5, 3, "exponential", 0.1),
+         S.from_config({"name": "cosine", "peak_value": 1.0, "total_steps": 20,
+                        "decay": {"branch_step": 10, "cooldown_steps": 5}})]
+"""
+
+
+def test_jit_twice_on_every_schedule_in_a_subprocess():
+  """``jax.jit(schedule)`` twice used to end the interpreter (SIGSEGV): run it in a child."""
+  import subprocess
+  import sys
+  code = _EVERY_SCHEDULE + """
+import jax
+for s in EVERY:
+  for _ in range(3):
+    assert abs(float(jax.jit(s)(7)) - float(s(7))) <= 1e-6 * abs(float(s(7))), s
+print("ok", len(EVERY))
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["ok", "11"]
+
+
+def test_every_schedule_pickles_with_the_standard_pickle():
+  import pickle
+  scope = {}
+  exec(_EVERY_SCHEDULE, scope)  # pylint: disable=exec-used
+  steps = jnp.arange(0, 25)
+  for schedule in scope["EVERY"]:
+    back = pickle.loads(pickle.dumps(schedule))
+    assert repr(back) == repr(schedule)
+    np.testing.assert_array_equal(values(back, steps), values(schedule, steps))
+
+
+def test_negative_steps_raise_when_concrete_and_clamp_when_traced():
+  sched = schedules.cyclic_cosine(1.0, cycle_steps=4, warmup_steps=2)
+  for step in (-1, np.int32(-1), jnp.array([-1, 2]), np.array([3.0, -0.5])):
+    with pytest.raises(ValueError, match="step must be >= 0"):
+      sched(step)
+  assert float(jax.jit(sched)(-3)) == float(sched(0))  # traced: clamped to 0, no wrap-around
+  np.testing.assert_array_equal(values(sched, np.array([-5, 0])), values(sched, np.array([0, 0])))
+
+
+def test_wsd_zero_cooldown_fraction_is_refused():
+  with pytest.raises(ValueError, match=r"^cooldown_fraction must be in \(0, 1\], got 0.0"):
+    schedules.wsd(1.0, total_steps=100, cooldown_fraction=0.0)

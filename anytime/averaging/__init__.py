@@ -1,18 +1,17 @@
 """Weight averages kept in the optimizer state: an optax wrapper and a pure-function form.
 
-``with_averages(inner, averages={...})`` wraps any ``optax.GradientTransformation``. After each
-update it folds the *parameters after the update*, ``w_t = params + updates``, into one or more
-named averages that live in the optimizer state, each a params-shaped tree (so the params'
-shardings and partitioning metadata apply leaf by leaf). Everything happens inside the jitted
-step: no host sync, dtypes stable.
+``with_averages(inner, averages={...})`` wraps any ``optax.GradientTransformation`` and keeps
+one or more named averages of the iterates w_t (the params after update t) in the optimizer
+state, each a params-shaped tree (so the params' shardings and partitioning metadata apply leaf
+by leaf). Everything happens inside the jitted step: no host sync, dtypes stable.
 
 Kinds (t counts the updates since the average's ``start_step``: t = 1 for the first one). Each
 kind is one frozen dataclass that owns its state (``init``/``update``/``read``), its weight
 profile over the iterates (``weights``) and its config (``to_config``/``from_config``)::
 
   ``ema(decay)``            w̄ ← decay·w̄ + (1−decay)·w_t, optional bias correction.
-  ``anytime_ema(f)``        decay_t = 2^(−f/(t+1)): half-life ≈ t/f grows with t
-                            (Meterez et al. 2026; their EMA-25 is f = 25).
+  ``anytime_ema(f)``        decay_t = 2^(−f/(t+1)): half-life ≈ t/f grows with t; the first fold
+                            copies w_1 (Meterez et al. 2026; their EMA-25 is f = 25).
   ``power_ema(gamma)``      decay_t = (1 − 1/t)^(γ+1): w̄_t ∝ Σ_s s^γ w_s (Karras et al. 2024, EDM2).
   ``polyak(start_step)``    uniform average of every iterate after ``start_step``.
   ``tail(fraction)``        uniform average over roughly the last ``fraction`` of the iterates.
@@ -21,18 +20,23 @@ profile over the iterates (``weights``) and its config (``to_config``/``from_con
 
 Common options: ``dtype`` of the stored average (float32 default; bfloat16 halves memory but
 drops increments below bf16 resolution), ``start_step`` (before it the average follows the raw
-params, as it does until its first fold), ``every`` (fold in only every k-th iterate). Integer
-and boolean leaves are not averaged: the average holds their value at the last fold.
+params, as it does until its first fold), ``every`` (fold in only every k-th iterate; the decays
+of the skipped steps are multiplied exactly). Integer and boolean leaves are not averaged: the
+average holds their value at the last fold. ``with_averages`` also takes ``mask=`` (which leaves
+are averaged, as optax's masks), ``dtype=`` (the storage dtype of every average; folds are
+computed in float32) and ``memory_kind=`` (``"device"`` or ``"pinned_host"``).
 
-Composition contract: ``with_averages`` must see the updates that are actually applied, so it is
-the outermost transformation that changes updates (clipping *before* it is fine:
-``optax.chain(clip, with_averages(adamw, ...))``), and gradient accumulation wraps it:
-``optax.MultiSteps(with_averages(tx, ...), k)``. ``with_averages(MultiSteps(...))`` is refused
-at ``init``. Nothing after it may change the updates: ``optax.chain(with_averages(tx),
-optax.scale(0.5))`` would average params that were never applied (write
-``with_averages(optax.chain(tx, optax.scale(0.5)), ...)``). A runtime check is not possible
-without a second copy of the params: XLA may fuse ``params + updates`` differently inside and
-outside the step, so even an exact fingerprint of the applied params differs in the last bit.
+Position in a chain: with ``fold="applied"`` (the default) each ``update(updates, state,
+params)`` folds the ``params`` it receives, the iterate actually applied after the previous
+update, so ``with_averages`` is right anywhere in an ``optax.chain`` (before ``scale``,
+clipping, weight decay, muP scalings...). The last iterate is folded in by the readers, which
+therefore need the current params: ``averaged_params(opt_state, name, like=params)`` and
+``eval_params(opt_state, params)``. ``fold="predicted"`` folds ``params + updates`` of ``inner``
+within the same update (readers need no params) and is right only where nothing after
+``with_averages`` changes the updates (as in ``anytime.optimizers.build``). Updates dropped by
+``optax.apply_if_finite`` (inside or around it) are never iterates. Gradient accumulation wraps
+it: ``optax.MultiSteps(with_averages(tx, ...), k)``; ``with_averages(MultiSteps(...))`` is
+refused at ``init``.
 
 The package: ``kinds`` (the ``Average`` classes, their states and weight profiles),
 ``builders`` (``ema(...)``, ..., ``from_config``) and ``transform`` (``with_averages``, the
@@ -58,7 +62,7 @@ from anytime.averaging.builders import (anytime_ema, ema, from_config, gamma_to_
 from anytime.averaging.kinds import (KINDS, REGISTRY, AnytimeEma, Average, AverageState, Ema,
                                      Polyak, PowerEma, Tail, TailState, Window, WindowState)
 from anytime.averaging.transform import (AveragesState, WithAveragesState, average_names,
-                                         averaged_params, eval_params, init_averages,
+                                         averaged_params, eval_params, init_averages, start_average,
                                          update_averages, with_averages)
 
 __all__ = [
@@ -66,6 +70,6 @@ __all__ = [
     "ema", "anytime_ema", "power_ema", "polyak", "tail", "window", "from_config",
     "gamma_to_sigma_rel", "sigma_rel_to_gamma",
     "AverageState", "TailState", "WindowState", "AveragesState", "WithAveragesState",
-    "init_averages", "update_averages", "with_averages",
+    "init_averages", "update_averages", "with_averages", "start_average",
     "average_names", "averaged_params", "eval_params",
 ]

@@ -39,6 +39,16 @@ def anytime_ema(factor: float, *, start_step: int = 0, every: int = 1,
                 dtype: Any = jnp.float32) -> AnytimeEma:
   """EMA with decay_t = 2^(−factor/(t+1)): a half-life of about t/factor steps.
 
+  With w_t the params after update t (t counted from the average's start) and d_t = 2^(−f/(t+1)):
+
+    w̄_1 = w_1                                  (the first fold copies w_1: w_0 gets no weight)
+    w̄_t = d_t·w̄_(t−1) + (1 − d_t)·w_t,  t >= 2
+
+  so w_1 weighs Π_(j=2..t) d_j and w_s, s >= 2, weighs (1 − d_s)·Π_(j=s+1..t) d_j (d_1 is never
+  used). With ``every=k`` only t = k, 2k, ... are folded and a fold at t uses the exact product
+  of the decays since the last fold, Π_(j=t−k+1..t) d_j = 2^(−f·Σ_(j=t−k+1..t) 1/(j+1))
+  (the first fold still copies).
+
   Args:
     factor: the horizon-free factor f > 0; EMA-25 is ``factor=25`` and the paper tracks
       {6.25, 12.5, 25, 50, 100}. For large t it is the power EMA with γ + 1 = f·ln 2.
@@ -54,12 +64,41 @@ def anytime_ema(factor: float, *, start_step: int = 0, every: int = 1,
     averaging" (arXiv 2602.03702).
 
   Examples:
+    >>> import jax.numpy as jnp, numpy as np
     >>> from anytime import averaging
     >>> avg = averaging.anytime_ema(25.0)
     >>> avg
     AnytimeEma(start_step=0, every=1, dtype=dtype('float32'), factor=25.0)
     >>> round(float(avg.weights(1000)[-1]), 4)  # the newest iterate's weight
     0.0172
+
+    Three updates with f = 2 from w_0 = 10 (which gets no weight): w_1, w_2, w_3 = 1, 2, 4.
+
+    >>> averages = {"ema_2": averaging.anytime_ema(2.0)}
+    >>> state = averaging.init_averages(averages, jnp.array(10.0))
+    >>> for w in (1.0, 2.0, 4.0):
+    ...   state = averaging.update_averages(averages, state, jnp.array(w))
+    >>> d2, d3 = 2 ** (-2 / 3), 2 ** (-2 / 4)
+    >>> want = d3 * (d2 * 1.0 + (1 - d2) * 2.0) + (1 - d3) * 4.0
+    >>> round(want, 6), abs(float(averaging.averaged_params(state, "ema_2")) - want) < 1e-6
+    (2.140337, True)
+    >>> np.allclose(averages["ema_2"].weights(3), [0, d2 * d3, (1 - d2) * d3, 1 - d3],
+    ...             rtol=1e-12, atol=0)
+    True
+
+    ``every=2`` over 4 updates: the fold at t = 2 copies w_2, the one at t = 4 keeps
+    d_3·d_4 = 2^(−2·(1/4 + 1/5)) of it (exactly, not a midpoint approximation).
+
+    >>> kept = 2 ** (-2 * (1 / 4 + 1 / 5))
+    >>> np.allclose(averaging.anytime_ema(2.0, every=2).weights(4), [0, 0, kept, 0, 1 - kept],
+    ...             rtol=1e-12, atol=0)
+    True
+    >>> averages = {"ema_2": averaging.anytime_ema(2.0, every=2)}
+    >>> state = averaging.init_averages(averages, jnp.array(10.0))
+    >>> for w in (1.0, 2.0, 3.0, 4.0):
+    ...   state = averaging.update_averages(averages, state, jnp.array(w))
+    >>> abs(float(averaging.averaged_params(state, "ema_2")) - (kept * 2 + (1 - kept) * 4)) < 1e-6
+    True
   """
   return AnytimeEma(factor=factor, start_step=start_step, every=every, dtype=dtype)
 

@@ -22,6 +22,8 @@ class AverageState(NamedTuple):
 
   params: Any  # the average: the params' tree, in the average's dtype (ints: latest value).
   count: jax.Array  # int32 []: iterates folded in so far.
+  start: jax.Array  # int32 []: the step it started at (0; on a resume that added it, that step).
+  next_rate: jax.Array  # float32 []: the rate that folding the next iterate would use (0: skipped).
 
 
 class TailState(NamedTuple):
@@ -32,6 +34,9 @@ class TailState(NamedTuple):
   younger: Any  # B: the params' tree, in the average's dtype.
   younger_count: jax.Array  # int32 []: iterates in B.
   total: jax.Array  # int32 []: iterates folded in since start_step.
+  start: jax.Array  # int32 []: the step it started at (0; on a resume that added it, that step).
+  next_fold: jax.Array  # bool []: the next iterate is folded in.
+  next_switch: jax.Array  # bool []: ... and then A takes B's place.
 
 
 class WindowState(NamedTuple):
@@ -39,6 +44,8 @@ class WindowState(NamedTuple):
 
   snapshots: tuple  # ``size`` params-shaped trees (a ring buffer), in the average's dtype.
   count: jax.Array  # int32 []: snapshots taken so far.
+  start: jax.Array  # int32 []: the step it started at (0; on a resume that added it, that step).
+  next_fold: jax.Array  # bool []: the next iterate is a snapshot.
 
 
 # --------------------------------------------------------------------------- helpers
@@ -54,8 +61,17 @@ def _cast(tree, dtype):
       lambda x: jnp.array(x, dtype=dtype if _is_float(x) else x.dtype, copy=True), tree)
 
 
+def _cast_like(tree, like):
+  """``tree``'s leaves in the dtypes of ``like``'s leaves."""
+  return jax.tree.map(lambda x, ref: x.astype(ref.dtype), tree, like)
+
+
 def _zero_count():
   return jnp.zeros([], jnp.int32)
+
+
+def _start(start) -> jax.Array:
+  return jnp.asarray(start, jnp.int32)
 
 
 def _mix(average, new, rate):
@@ -119,23 +135,44 @@ class Average:
 
   # ------------------------------------------------------------------ state (jax)
 
-  def init(self, params) -> Any:
-    """The state before any update: the average equals ``params``."""
-    return AverageState(_cast(params, self.dtype), _zero_count())
+  def init(self, params, start: int | jax.Array = 0) -> Any:
+    """The state before any update: the average equals ``params``.
 
-  def _fold(self, step):
-    t = step - self.start_step
+    ``start``: the step this average starts at (a resume that adds an average starts it at the
+    restored step); it folds the iterates after ``max(start, start_step)``.
+    """
+    state = AverageState(_cast(params, self.dtype), _zero_count(), _start(start),
+                         jnp.zeros([], jnp.float32))
+    return state._replace(next_rate=self._next_rate(state, state.start + 1))
+
+  def _next_rate(self, state, step):
+    t, fold = self._fold(step, state)
+    rate = self._fold_rate(jnp.maximum(t, 1), jnp.maximum(state.count + 1, 1), jnp)
+    follow = (state.count == 0).astype(jnp.float32)  # before its first fold: the raw params
+    return jnp.where(fold, rate, follow).astype(jnp.float32)
+
+  def _fold(self, step, state):
+    t = step - jnp.maximum(self.start_step, state.start)
     return t, (t >= 1) & (jnp.mod(t, self.every) == 0)
 
-  def update(self, state, params, step: jax.Array) -> Any:
-    """Folds ``params`` (the iterate after update number ``step``, int32 []) into ``state``."""
-    t, fold = self._fold(step)
+  def update(self, state, params, step: jax.Array, active: Any = True) -> Any:
+    """Folds ``params`` (the iterate after update number ``step``, int32 []) into ``state``;
+    with ``active`` False (bool []) nothing is folded (a skipped update)."""
+    t, fold = self._fold(step, state)
+    fold = fold & active
     count = state.count + fold.astype(jnp.int32)
     rate = self._fold_rate(jnp.maximum(t, 1), jnp.maximum(count, 1), jnp)
     mixed = _mix(state.params, params, rate)
     averaged = _select(fold, mixed, state.params)
     # Until the first fold the average follows the raw params.
-    return AverageState(_select(count > 0, averaged, _cast(params, self.dtype)), count)
+    new = AverageState(_select(count > 0, averaged, _cast(params, self.dtype)), count,
+                       state.start, state.next_rate)
+    return new._replace(next_rate=self._next_rate(new, step + 1))
+
+  @staticmethod
+  def read_pending(state, params) -> Any:
+    """The average with ``params`` (the next iterate, not folded yet) folded in."""
+    return _mix(state.params, params, state.next_rate)
 
   def read(self, state) -> Any:
     """The averaged params held by ``state`` (in the average's dtype)."""
@@ -229,10 +266,8 @@ class AnytimeEma(Average):
     object.__setattr__(self, "factor", float(self.factor))
 
   def _fold_rate(self, t, count, xp):
-    e = float(self.every)
-    # Π_{j=t−e+1..t} 2^(−f/(j+1)); for e > 1 the harmonic sum is taken at its midpoint,
-    # accurate to O((e/t)^3) relative to the exact product.
-    harmonic = 1.0 / (t + 1.0) if self.every == 1 else e / (t + 1.0 - (e - 1.0) / 2.0)
+    # The decays of the skipped steps multiplied exactly: Π_{j=t−e+1..t} 2^(−f/(j+1)).
+    harmonic = sum(1.0 / xp.maximum(t + 1.0 - i, 1.0) for i in range(self.every))
     return xp.where(count == 1, 1.0, 1.0 - xp.exp2(-self.factor * harmonic))
 
   def log_profile_terms(self, n: int) -> np.ndarray:
@@ -300,12 +335,21 @@ class Tail(Average):
       raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
     object.__setattr__(self, "fraction", float(self.fraction))
 
-  def init(self, params) -> TailState:
-    return TailState(_cast(params, self.dtype), _zero_count(), _cast(params, self.dtype),
-                     _zero_count(), _zero_count())
+  def init(self, params, start: int | jax.Array = 0) -> TailState:
+    state = TailState(_cast(params, self.dtype), _zero_count(), _cast(params, self.dtype),
+                      _zero_count(), _zero_count(), _start(start), jnp.zeros([], bool),
+                      jnp.zeros([], bool))
+    return self._peek(state, state.start + 1)
 
-  def update(self, state, params, step):
-    _, fold = self._fold(step)
+  def _peek(self, state, step):
+    _, fold = self._fold(step, state)
+    switch = fold & ((state.younger_count + 1).astype(jnp.float32)
+                     >= self.fraction * (state.total + 1).astype(jnp.float32))
+    return state._replace(next_fold=fold, next_switch=switch)
+
+  def update(self, state, params, step, active: Any = True):
+    _, fold = self._fold(step, state)
+    fold = fold & active
     one = fold.astype(jnp.int32)
     total, count_a, count_b = state.total + one, state.count + one, state.younger_count + one
     mixed_a = _mix(state.params, params, 1.0 / jnp.maximum(count_a, 1).astype(jnp.float32))
@@ -313,8 +357,18 @@ class Tail(Average):
     switch = fold & (count_b.astype(jnp.float32) >= self.fraction * total.astype(jnp.float32))
     averaged = _select(fold, _select(switch, mixed_b, mixed_a), state.params)
     averaged = _select(total > 0, averaged, _cast(params, self.dtype))
-    return TailState(averaged, jnp.where(switch, count_b, count_a),
-                     _select(fold, mixed_b, state.younger), jnp.where(switch, 0, count_b), total)
+    new = TailState(averaged, jnp.where(switch, count_b, count_a),
+                     _select(fold, mixed_b, state.younger), jnp.where(switch, 0, count_b), total,
+                     state.start, state.next_fold, state.next_switch)
+    return self._peek(new, step + 1)
+
+  @staticmethod
+  def read_pending(state, params):
+    fold = state.next_fold
+    mixed_a = _mix(state.params, params, 1.0 / (state.count + 1).astype(jnp.float32))
+    mixed_b = _mix(state.younger, params, 1.0 / (state.younger_count + 1).astype(jnp.float32))
+    out = _select(fold, _select(state.next_switch, mixed_b, mixed_a), state.params)
+    return _select(fold | (state.total > 0), out, _cast_like(params, state.params))
 
   def weights(self, t: int) -> np.ndarray:
     t = _check_int("t", t, 0)
@@ -351,11 +405,14 @@ class Window(Average):
     _check_int("size", self.size, 1)
     object.__setattr__(self, "size", int(self.size))
 
-  def init(self, params) -> WindowState:
-    return WindowState(tuple(_cast(params, self.dtype) for _ in range(self.size)), _zero_count())
+  def init(self, params, start: int | jax.Array = 0) -> WindowState:
+    state = WindowState(tuple(_cast(params, self.dtype) for _ in range(self.size)),
+                        _zero_count(), _start(start), jnp.zeros([], bool))
+    return state._replace(next_fold=self._fold(state.start + 1, state)[1])
 
-  def update(self, state, params, step):
-    _, fold = self._fold(step)
+  def update(self, state, params, step, active: Any = True):
+    _, fold = self._fold(step, state)
+    fold = fold & active
     count = state.count + fold.astype(jnp.int32)
     slot = jnp.mod(jnp.maximum(count - 1, 0), self.size)
     snapshots = tuple(
@@ -363,7 +420,21 @@ class Window(Average):
         _select((fold & (slot == i)) | ((count == 0) & (i == 0)), _cast(params, self.dtype),
                 buffer)
         for i, buffer in enumerate(state.snapshots))
-    return WindowState(snapshots, count)
+    new = WindowState(snapshots, count, state.start, state.next_fold)
+    return new._replace(next_fold=self._fold(step + 1, new)[1])
+
+  @classmethod
+  def read_pending(cls, state, params):
+    size = len(state.snapshots)
+    window = cls(size=size)
+    # The same buffers with the next snapshot written (or, before the first, slot 0 = params).
+    count = state.count + state.next_fold.astype(jnp.int32)
+    slot = jnp.mod(jnp.maximum(count - 1, 0), size)
+    snapshots = tuple(
+        _select((state.next_fold & (slot == i)) | ((count == 0) & (i == 0)),
+                _cast_like(params, buffer), buffer)
+        for i, buffer in enumerate(state.snapshots))
+    return window.read(WindowState(snapshots, count, state.start, state.next_fold))
 
   def read(self, state):
     n = jnp.clip(state.count, 1, self.size)

@@ -137,7 +137,7 @@ def lab_diagnostics(model: LabModel, hessian: Callable, records: dict[str, Any],
   budget_rows, interp_rows = [], []
   for b in budgets:
     params, opt_state = snapshots[b]
-    raw, avg = _f32(params), _f32(averaging.averaged_params(opt_state, ref))
+    raw, avg = _f32(params), _f32(averaging.averaged_params(opt_state, ref, like=params))
     wsd = records[f"wsd_{b}"].final_state[0]
     flat = {n: ravel_pytree(w)[0] for n, w in (("raw", raw), (ref, avg), ("wsd", wsd))}
     budget_rows.append(_budget_row(b, model, hessian, unravel, flat, ref))
