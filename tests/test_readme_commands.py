@@ -68,6 +68,10 @@ COVERAGE = {
     "python -m anytime.main compare --config configs/compare_tiny.py --workdir DIR": "compare",
     "compare_shared_corpus.py": "compare",
     "python -m anytime.main report --workdir DIR": "compare",
+    "python -m anytime.main compare --config configs/compare_150m.py --workdir DIR --dry-run":
+        "dry_run",
+    "... compare ... --config.suite.executor.name=ray":
+        "not run here: the engines are tested by tests/test_executors.py (extra [cluster])",
     "--config.train.snapshot_every=50": "train",
     "python -m anytime.main posthoc --workdir DIR --step 400,800 "
     "--sigma-rel 0.02,0.05,0.1,0.2": "posthoc",
@@ -216,6 +220,15 @@ def test_compare_and_report(tmp_path: Path):
   run(adapt(_command("compare", "report"), workdir))
   assert sorted(p.name for p in (workdir / "report").iterdir())
   assert (workdir / "report").stat().st_mtime_ns >= before
+
+
+def test_dry_run_of_the_150m_suite(tmp_path: Path):
+  """The accelerator suite's plan and cost print without training or writing anything."""
+  command = _command("dry_run", "compare_150m")
+  workdir = tmp_path / "dry"
+  out = run(adapt(command, workdir))
+  assert "Units of phase 1 (36)" in out and "accelerator-hours" in out, out
+  assert not workdir.exists()
 
 
 @pytest.mark.slow
