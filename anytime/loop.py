@@ -30,7 +30,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import jax
+from anytime._requires import require_train_extra
+
+require_train_extra(__name__, "flax", "orbax.checkpoint", "grain")
+
+import jax  # noqa: E402
 import ml_collections
 import numpy as np
 import optax

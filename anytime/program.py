@@ -15,7 +15,11 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-import jax
+from anytime._requires import require_train_extra
+
+require_train_extra(__name__, "flax", "orbax.checkpoint", "grain")
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

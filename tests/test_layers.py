@@ -22,7 +22,7 @@ README = ROOT.parent / "README.md"
 
 # Lowest first. A name is a top-level module or package: every module below it shares the layer.
 LAYERS = [
-    ("schedules",),
+    ("schedules", "_requires"),
     ("averaging",),
     ("posthoc", "optimizers", "naming", "guard", "parallel", "checkpoint"),
     ("workdir",),  # paths of runs, branches, suites and the lineage record (asks checkpoint)

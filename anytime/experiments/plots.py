@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from anytime.experiments.verdict import Report
+# Annotations name verdict's Report/Cell/Row (never evaluated): verdict imports this module.
 
 _MARKERS = {"win": "v", "loss": "^", "equivalent": "s", "undecided": "o", "oracle": "x"}
 

@@ -47,8 +47,7 @@ from anytime.experiments import stats, tuning
 from anytime.experiments.stats import Summary
 from anytime.experiments.tuning import Choice, Column, Curve, Record
 
-CHINCHILLA_TOKENS_PER_PARAM = 20.0  # Hoffmann et al. 2022: compute-optimal at ~20 tokens/param
-EDGE_MARK = "†"
+from anytime.experiments.report_text import CHINCHILLA_TOKENS_PER_PARAM  # noqa: E402
 DEFAULT_PRIMARY = Column("constant", "ema_25")
 WindowKey = tuple[str, str, int, float, int]  # (method, candidate, horizon, peak_value, seed)
 
