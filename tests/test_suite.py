@@ -149,7 +149,7 @@ def expected_records(workdir: Path, suite: ml_collections.ConfigDict) -> list[tu
       losses = [r["posthoc_loss"] for r in rows if r["step"] == h and r["target"] == "sigma_rel"]
       assert len(losses) == len(suite.posthoc_sigma_rels)
       out.append((method, "posthoc_best", h, lr, seed, min(losses)))
-    merges = json.loads((run_dir / "merges.json").read_text())
+    merges = json.loads((run_dir / "merges.json").read_text())["losses"]
     assert set(merges) == {f"merge_{kind}_{k}" for k in suite.merge_last
                            for kind in ("uniform", "ema")}
     for name, by_h in merges.items():
@@ -172,14 +172,13 @@ def test_records_are_the_runs_metrics_and_the_report_is_written(suite):
   for name in ("loss_vs_lr.png", "deltas.png", "anytime.png"):
     assert (workdir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   table = json.loads((workdir / "report" / "table.json").read_text())
-  assert {row["horizon"] for row in table["rows"]} == set(HORIZONS)
+  assert {row["horizon_steps"] for row in table["rows"]} == set(HORIZONS)
   # Every evaluation of a reporting seed keeps its per-window loss sums: their total over the
   # windows' tokens is the loss the run recorded there; tuning-seed runs keep none.
   stored = json.loads((workdir / "records.json").read_text())
   tokens = np.asarray(stored["window_tokens"])
   windows = {tuple(w["key"]): np.asarray(w["sums"]) for w in stored["windows"]}
-  reporting = [r for r in records if r.seed == 1 and not r.candidate.startswith(
-      ("merge_", "posthoc_"))]
+  reporting = [r for r in records if r.seed == 1 and r.candidate != "posthoc_best"]
   assert reporting and {k[4] for k in windows} == {1}
   for r in reporting:
     sums = windows[(r.method, r.candidate, r.horizon, r.peak_value, r.seed)]
@@ -281,7 +280,7 @@ def test_rerun_of_a_finished_suite_trains_nothing(suite, monkeypatch, tmp_path):
   assert (workdir / "records.json").read_bytes() == records_before
   for name, content in table_before.items():
     assert (workdir / "report" / name).read_bytes() == content, name
-  assert again.rows == report.rows
+  assert repr(again.rows) == repr(report.rows)  # repr: NaN fields (untested cells) compare
 
 
 def test_workdir_written_before_a_suite_key_existed_is_resumed(suite, monkeypatch, tmp_path):
@@ -295,7 +294,7 @@ def test_workdir_written_before_a_suite_key_existed_is_resumed(suite, monkeypatc
   calls = count_training(monkeypatch)
   monkeypatch.setattr(compare.posthoc_eval, "run", lambda *a, **k: calls.append(a))
   monkeypatch.setattr(compare, "_merge", lambda *a, **k: calls.append(a))
-  assert compare.run_suite(config, str(workdir)).rows == report.rows
+  assert repr(compare.run_suite(config, str(workdir)).rows) == repr(report.rows)
   assert calls == []
   # A key that differs from its default is still a different suite, and is named.
   with pytest.raises(ValueError, match=r"holds a different suite \(differing keys: "

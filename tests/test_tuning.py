@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from anytime import config as config_lib
 from anytime import schedules
-from anytime.experiments import compare, tuning
+from anytime.experiments import methods, tuning
 from anytime.experiments.tuning import Column, Curve, Record
 
 SQRT2 = 2 ** 0.5
@@ -144,10 +145,11 @@ def test_several_tuning_seeds_choose_by_their_mean_and_other_seeds_never_choose(
     ("cosine_zero", 0.0, lambda p: 0.5 * (1 + np.cos(np.pi * p)))])
 def test_suite_baselines_are_the_schedules_they_name(method, final, body):
   """cosine to 10% of peak, linear decay to zero, cosine to zero: values against closed forms."""
-  s = compare.default_suite()
+  s = config_lib.default_suite()
   peak, horizon, warmup, init = 4e-3, 200, s.warmup_steps, s.warmup_init_fraction
   steps = np.arange(0, 240)
-  got = np.asarray(schedules.from_config(compare._schedule(method, peak, horizon, s))(steps))
+  got = np.asarray(schedules.from_config(
+      methods.REGISTRY[method].schedule(peak, horizon, s))(steps))
   p = np.clip((steps - warmup) / (horizon - warmup), 0.0, 1.0)
   expected = peak * np.where(steps < warmup, init + (1 - init) * steps / warmup,
                              final + (1 - final) * body(p))

@@ -141,8 +141,10 @@ def _worker_env() -> dict[str, str]:
 
 
 def train_phase(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict,
-                root: epath.Path, phase: str) -> None:
-  """Trains a phase's runs through the configured executor: main runs, then their branches."""
+                root: epath.Path, phase: str) -> int:
+  """Trains a phase's runs through the configured executor: main runs, then their branches.
+  Returns how many units were submitted (0: everything was finished already)."""
+  submitted = 0
   mains, branch_runs = plan.parents_first(planned)
   for label, runs in ((phase, mains), (f"{phase}-branches", branch_runs)):
     units = plan.units(runs, config, root, label)
@@ -153,7 +155,13 @@ def train_phase(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict
           flush=True)
     executors.run_units(units, plan.execute, config=config.suite.executor, env=_worker_env(),
                         workdir=str(root))
+    submitted += len(units)
   loop.exit_if_preempted("the suite")
+  _SUBMITTED[0] += submitted
+  return submitted
+
+
+_SUBMITTED = [0]  # units this process submitted: a suite that trained nothing keeps its timing
 
 
 def evaluate_post_training(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict,
@@ -174,13 +182,16 @@ def evaluate_post_training(planned: Sequence[PlannedRun], config: ml_collections
 
 
 def _merge(run: PlannedRun, config: ml_collections.ConfigDict) -> None:
+  """Losses (and, for reporting runs, per-window loss sums) of the merged checkpoints."""
   s = config.suite
   run_dir = run.spec.directory.parent
   trained = loop.build_run(run.spec.config, run_dir)
   store = checkpoint.CheckpointStore(run.spec.directory, read_only=True)
   saved = store.all_steps()
   store.close()
-  results: dict[str, dict[int, float]] = {}
+  losses: dict[str, dict[int, float]] = {}
+  windows: dict[str, dict[int, list[float]]] = {}
+  counts: list[float] = []
   for k in s.merge_last:
     for kind in ("uniform", "ema"):
       for h in horizons(s):
@@ -191,8 +202,14 @@ def _merge(run: PlannedRun, config: ml_collections.ConfigDict) -> None:
                    else merging.ema_weights(k, s.merge_ema_alpha))
         params = merging.merge_checkpoints(run.spec.directory, steps, weights,
                                            trained.abstract_state.params)
-        results.setdefault(f"merge_{kind}_{k}", {})[h] = trained.validation_loss(params)
-  checkpoint.write_json(workdir_lib.merges_file(run_dir), results)
+        sums, window_counts = trained.window_losses(params)
+        name = f"merge_{kind}_{k}"
+        losses.setdefault(name, {})[h] = float(sums.sum() / max(window_counts.sum(), 1.0))
+        if h in run.spec.window_steps:
+          windows.setdefault(name, {})[h] = [float(x) for x in sums]
+          counts = [float(x) for x in window_counts]
+  checkpoint.write_json(workdir_lib.merges_file(run_dir),
+                        dict(losses=losses, windows=windows, counts=counts))
 
 
 # ---------------------------------------------------------------------------- records
@@ -229,6 +246,11 @@ def records_of(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict,
             windows[(run.method, candidate, step, run.peak_value, run.seed)] = sums
     if run.parent is None:
       out += _post_training_records(run, method, s)
+      merged = checkpoint.read_json(workdir_lib.merges_file(run.spec.directory.parent)) or {}
+      for name, by_h in merged.get("windows", {}).items():
+        for h, sums in by_h.items():
+          windows[(run.method, name, int(h), run.peak_value, run.seed)] = sums
+          counts = merged["counts"]
   return out, windows, counts
 
 
@@ -247,7 +269,8 @@ def _post_training_records(run: PlannedRun, method: methods_lib.Method,
     elif isinstance(child, methods_lib.Merges):
       merged = checkpoint.read_json(workdir_lib.merges_file(run_dir)) or {}
       out += [tuning.Record(run.method, name, int(h), run.peak_value, run.seed, v)
-              for name, by_h in merged.items() for h, v in by_h.items()]
+              for name, by_h in merged.get("losses", merged).items()  # older files: losses only
+              if name != "windows" for h, v in by_h.items()]
   return out
 
 
@@ -354,6 +377,7 @@ def _run(config: ml_collections.ConfigDict, root: epath.Path,
   logging.getLogger("absl").setLevel(logging.WARNING)
   paths = workdir_lib.SuitePaths(root)
   started = time.perf_counter()
+  _SUBMITTED[0] = 0
   tuning_seeds, first, second = seed_plan(s)
   planned, records = _tuning_rounds(config, root, methods, tuning_seeds)
   chosen = _chosen(records, methods, tuning_seeds, s)
@@ -366,6 +390,7 @@ def _run(config: ml_collections.ConfigDict, root: epath.Path,
   second_runs: list[PlannedRun] = []
   if second:
     _store_records(paths, planned, config, methods, stages, 0, started)
+    started = time.perf_counter()  # counted once
     report = build_report(root)
     wanted: dict[tuple[str, int | None], set[float]] = {}
     by_name = methods_lib.by_name(methods)
@@ -387,9 +412,11 @@ def _run(config: ml_collections.ConfigDict, root: epath.Path,
 
 def _store_records(paths, planned, config, methods, stages, second_stage_runs, started):
   records, windows, counts = records_of(planned, config, methods)
-  timing = checkpoint.read_json(paths.timing) or {"seconds": 0.0}
-  timing["seconds"] += time.perf_counter() - started
-  checkpoint.write_json(paths.timing, timing)
+  timing = checkpoint.read_json(paths.timing)
+  if timing is None or _SUBMITTED[0]:  # wall time of the invocations that trained something
+    timing = timing or {"seconds": 0.0}
+    timing["seconds"] += time.perf_counter() - started
+    checkpoint.write_json(paths.timing, timing)
   primary = tuning.Column(*config.suite.primary)
   checkpoint.write_json(paths.records, dict(
       records=[r._asdict() for r in records],
