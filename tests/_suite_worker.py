@@ -22,7 +22,7 @@ def config() -> ml_collections.ConfigDict:
       base_steps=40, multipliers=[1, 2], warmup_steps=2, lr_centre=3e-3, lr_points=2,
       max_extensions=0, tuning_seeds=[0], seeds=1, max_seeds=1, baselines=["cosine"],
       methods=["constant"], wsd_variants=[], posthoc_sigma_rels=[], merge_last=[],
-      checkpoints_per_base=4, evals_per_base=1, ema_factors=[25.0]))
+      checkpoints_per_base=4, snapshots_per_base=4, evals_per_base=1, ema_factors=[25.0]))
   return ml_collections.ConfigDict(dict(base=base, suite=suite))
 
 

@@ -32,7 +32,7 @@ def mini_suite(**suite_overrides) -> ml_collections.ConfigDict:
       base_steps=6, multipliers=[1, 2], warmup_steps=1, lr_centre=3e-3, lr_points=2,
       max_extensions=0, tuning_seeds=[0], seeds=2, max_seeds=2, baselines=["cosine"],
       methods=["constant"], wsd_variants=[], posthoc_sigma_rels=[], merge_last=[],
-      checkpoints_per_base=3, evals_per_base=1, ema_factors=[25.0]))
+      checkpoints_per_base=3, snapshots_per_base=3, evals_per_base=1, ema_factors=[25.0]))
   suite.update(suite_overrides)
   return ml_collections.ConfigDict(dict(base=base, suite=suite))
 

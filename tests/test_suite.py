@@ -185,7 +185,9 @@ def test_records_are_the_runs_metrics_and_the_report_is_written(suite):
     assert sums.shape == tokens.shape
     np.testing.assert_allclose(sums.sum() / tokens.sum(), r.loss, rtol=1e-5)
   deltas = (workdir / "report" / "deltas.csv").read_text().splitlines()
-  assert deltas[0].startswith("method,horizon_steps,reporting_seeds,delta,se_seed,se_eval,df,")
+  assert {"method", "horizon_steps", "reporting_seeds", "delta", "se_seed", "se_eval", "df",
+          "ci_low", "ci_high", "p_value", "p_adjusted", "margin", "verdict"} <= set(
+              deltas[0].split(","))
   assert not any(",tie" in line for line in deltas)
 
 
