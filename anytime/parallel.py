@@ -266,3 +266,25 @@ def use_cpu_devices(count: int | None = None) -> None:
   flags = os.environ.get("XLA_FLAGS", "")
   if flag not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {flag}={count or os.cpu_count() or 1}".strip()
+
+
+def scan_steps(step_fn: Callable) -> Callable:
+  """``k`` train steps as one program: ``fn(state, batches, lrs) -> (state, metrics)``.
+
+  ``step_fn(state, batch, lr) -> (state, metrics)`` is one step (``loop.Run.step_fn``, or its
+  vmapped form for a group); ``batches`` and ``lrs`` carry the ``k`` steps on a new leading
+  axis (``batches["inputs"]``: ``[k, ...]`` of one step's batch; ``lrs``: ``[k, ...]``), and the
+  metrics come back stacked the same way. ``k`` is read from ``lrs``: one compiled program per
+  ``k``. Equal to ``k`` calls of ``step_fn`` to float32 rounding (tests/test_parallel.py).
+  Jit it with ``donate_argnums=0``; to vmap runs, vmap ``step_fn`` first (``batches`` then
+  ``[k, runs, ...]``), so that the loop over steps stays outside the run axis.
+  """
+
+  def steps(state, batches, lrs):
+    def body(carry, xs):
+      batch, lr = xs
+      return step_fn(carry, batch, lr)
+
+    return jax.lax.scan(body, state, (batches, lrs))
+
+  return steps

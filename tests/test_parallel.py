@@ -24,3 +24,41 @@ def test_activation_rules_are_scoped_to_their_context_and_thread():
     other.join()
   assert seen_by_other_thread == [True]  # another thread does not inherit this block's rules
   assert parallel.constrain(x, ("batch", None)) is x
+
+
+def test_scan_steps_equals_single_steps():
+  """k steps in one program (parallel.scan_steps) = k dispatches of the step, for a vmapped
+  group of the trainer's real step: states and per-step metrics to float32 rounding."""
+  import tempfile
+
+  import jax
+  import numpy as np
+
+  from anytime import loop
+  from tests._tiny import tiny_config
+
+  config = tiny_config()
+  with tempfile.TemporaryDirectory() as tmp:
+    run = loop.build_run(config, tmp, constrain_activations=False)
+    iterator = run.make_train_iterator()
+    k, runs = 3, 2
+    batches = [next(iterator) for _ in range(k)]
+    batches = {key: np.stack([np.stack([b[key]] * runs) for b in batches]) for key in batches[0]}
+    lrs = np.array([[1e-3, 3e-3], [2e-3, 4e-3], [1.5e-3, 0.5e-3]], np.float32)
+    init = parallel.jit_over_copies(run.init_fn)
+    group_step = jax.vmap(run.step_fn)
+    one = jax.jit(group_step)
+    state = init(np.arange(runs, dtype=np.uint32))
+    single_metrics = []
+    for i in range(k):
+      state, metrics = one(state, jax.tree.map(lambda x: x[i], batches), lrs[i])
+      single_metrics.append(metrics)
+    scanned_state, scanned_metrics = jax.jit(parallel.scan_steps(group_step))(
+        init(np.arange(runs, dtype=np.uint32)), batches, lrs)
+  for a, b in zip(jax.tree.leaves(scanned_state), jax.tree.leaves(state)):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                               rtol=2e-5, atol=1e-7)
+  for i, metrics in enumerate(single_metrics):
+    for key in ("loss", "grad_norm", "lr", "finite"):
+      np.testing.assert_allclose(np.asarray(scanned_metrics[key][i]), np.asarray(metrics[key]),
+                                 rtol=1e-5)
