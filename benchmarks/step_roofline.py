@@ -11,13 +11,15 @@ prints, for each R:
   dot shapes on this machine now: every ``dot`` of the compiled program timed alone with its
   shapes and dimension numbers, flop-weighted (the roofline a step made only of its matmuls
   would reach);
-* the step time of several layouts side by side, measured in interleaved rounds (medians), each
+* the step time of several variants side by side, measured in interleaved rounds (medians), each
   as ms per run-step, GFLOP/s and its ratio to that matmul rate:
-    - ``today``: what ``batched`` runs now: the run axis sharded over the 2 CPU devices that
-      ``anytime.main compare`` sets up, YNNPACK fusions off, one dispatch per step;
+    - ``today``: the step before this benchmark (``model.weight_grads="autodiff"``) as
+      ``batched`` runs it: the run axis sharded over the 2 CPU devices that ``anytime.main
+      compare`` sets up, YNNPACK fusions off, one dispatch per step;
+    - ``new``: ``model.weight_grads="narrow"`` (the default now), same layout;
     - ``1 device``: the same program on one CPU device (XLA's 2 intra-op threads);
-    - ``ynn on``: today's layout with XLA's default YNNPACK fusions (the cost of the
-      miscompile workaround in ``parallel.jit_over_copies``);
+    - ``ynn on``: XLA's default YNNPACK fusions (the cost of the miscompile workaround in
+      ``parallel.jit_over_copies``);
     - ``scan k``: ``parallel.scan_steps``: k steps in one dispatch, learning rates as input.
 * with ``--profile``: where the step's time goes (XLA's own per-op trace), by phase
   (forward / backward / optimizer + averages) and kind (matmul, layout copy, other fusions).
@@ -55,9 +57,10 @@ from configs import compare_tiny  # noqa: E402
 _YNN_OFF = dict(parallel._CPU_SAFE_COMPILER_OPTIONS)  # pylint: disable=protected-access
 
 
-def _template():
+def _template(weight_grads: str):
   config = compare_tiny.get_config()
   run_config = compare.run_config(config, "cosine", 3e-3, 0, 200)
+  run_config.model.weight_grads = weight_grads
   return loop.build_run(run_config, tempfile.mkdtemp(), constrain_activations=False)
 
 
@@ -183,7 +186,7 @@ def _flops(compiled) -> float:
 
 
 def _phase(metadata: str) -> str:
-  if "transpose(jvp" in metadata:
+  if "transpose(jvp" in metadata or "_matmul_bwd" in metadata:
     return "backward"
   if "jvp(" in metadata:
     return "forward"
@@ -235,23 +238,25 @@ def main():
   parser.add_argument("--k", type=int, default=8, help="steps per dispatch of the scan variant")
   parser.add_argument("--profile", action="store_true", help="per-op breakdown of each R")
   args = parser.parse_args()
-  template = _template()
-  one = next(template.make_train_iterator())
+  old, new = _template("autodiff"), _template("narrow")
+  one = next(new.make_train_iterator())
   print(f"quickstart train step (configs/compare_tiny.py), {os.cpu_count()} CPU cores, "
         f"{jax.device_count()} CPU devices, jax {jax.__version__}; medians of {args.rounds} "
         "interleaved rounds")
   for count in [int(r) for r in args.runs.split(",")]:
     devices = max(d for d in range(1, jax.device_count() + 1) if count % d == 0)
+    today = f"today ({devices} dev)"
     variants = {
-        f"today ({devices} dev)": Variant(template, one, count, devices=devices),
-        "1 device": Variant(template, one, count, devices=1),
-        f"ynn on ({devices} dev)": Variant(template, one, count, devices=devices, ynn_off=False),
-        f"scan k={args.k} (1 dev)": Variant(template, one, count, devices=1, k=args.k),
+        today: Variant(old, one, count, devices=devices),
+        "old, 1 device": Variant(old, one, count, devices=1),
+        f"old, ynn on ({devices} dev)": Variant(old, one, count, devices=devices, ynn_off=False),
+        f"new ({devices} dev)": Variant(new, one, count, devices=devices),
+        "new, 1 device": Variant(new, one, count, devices=1),
+        f"new, ynn on ({devices} dev)": Variant(new, one, count, devices=devices, ynn_off=False),
+        f"new, scan k={args.k} ({devices} dev)": Variant(new, one, count, devices=devices,
+                                                         k=args.k),
     }
-    if devices > 1:
-      variants[f"scan k={args.k} ({devices} dev)"] = Variant(template, one, count,
-                                                             devices=devices, k=args.k)
-    single = variants["1 device"].compiled()
+    single = variants["old, 1 device"].compiled()
     gflop = _flops(single) / 1e9
     dot_gflop, rate = matmul_rate(program_dots(single.as_text()), jax.devices()[0])
     for _ in range(args.rounds):
@@ -259,14 +264,15 @@ def main():
         variant.advance(args.k)
     print(f"\nR = {count}: {gflop:.3f} GFLOP per step (XLA cost analysis), {dot_gflop:.3f} of "
           f"them in matmuls; the step's own matmuls alone: {rate:.0f} GFLOP/s")
-    base = variants[f"today ({devices} dev)"].ms_per_run_step
+    base = variants[today].ms_per_run_step
     for name, variant in variants.items():
       ms = variant.ms_per_run_step
       achieved = gflop / count / (ms / 1e3)
       print(f"  {name:20s} {ms:7.2f} ms per run-step  {achieved:6.1f} GFLOP/s  "
             f"{100 * achieved / rate:5.1f}% of the matmul rate  {base / ms:5.2f}x vs today")
     if args.profile:
-      profile(variants["1 device"])
+      profile(variants["old, 1 device"])
+      profile(variants["new, 1 device"])
 
 
 if __name__ == "__main__":
