@@ -276,8 +276,8 @@ def scan_steps(step_fn: Callable) -> Callable:
   axis (``batches["inputs"]``: ``[k, ...]`` of one step's batch; ``lrs``: ``[k, ...]``), and the
   metrics come back stacked the same way. ``k`` is read from ``lrs``: one compiled program per
   ``k``. Equal to ``k`` calls of ``step_fn`` to float32 rounding (tests/test_parallel.py).
-  Jit it with ``donate_argnums=0``; to vmap runs, vmap ``step_fn`` first (``batches`` then
-  ``[k, runs, ...]``), so that the loop over steps stays outside the run axis.
+  Jit it with ``donate_argnums=0``; for a group of runs use ``jit_steps_over_copies`` (the run
+  axis vmapped inside the scan: ``batches`` ``[k, runs, ...]``).
   """
 
   def steps(state, batches, lrs):
@@ -288,3 +288,11 @@ def scan_steps(step_fn: Callable) -> Callable:
     return jax.lax.scan(body, state, (batches, lrs))
 
   return steps
+
+
+def jit_steps_over_copies(step_fn: Callable, **jit_kwargs) -> Callable:
+  """``scan_steps`` of ``step_fn`` vmapped over copies, jitted like ``jit_over_copies`` (its
+  CPU workaround included): ``fn(states, batches, lrs)`` with ``batches`` ``[k, copies, ...]``
+  and ``lrs`` ``[k, copies]``; metrics come back ``[k, copies]``."""
+  options = dict(_CPU_SAFE_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
+  return jax.jit(scan_steps(jax.vmap(step_fn)), compiler_options=options, **jit_kwargs)

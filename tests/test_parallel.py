@@ -46,14 +46,13 @@ def test_scan_steps_equals_single_steps():
     batches = {key: np.stack([np.stack([b[key]] * runs) for b in batches]) for key in batches[0]}
     lrs = np.array([[1e-3, 3e-3], [2e-3, 4e-3], [1.5e-3, 0.5e-3]], np.float32)
     init = parallel.jit_over_copies(run.init_fn)
-    group_step = jax.vmap(run.step_fn)
-    one = jax.jit(group_step)
+    one = parallel.jit_over_copies(run.step_fn)
     state = init(np.arange(runs, dtype=np.uint32))
     single_metrics = []
     for i in range(k):
       state, metrics = one(state, jax.tree.map(lambda x: x[i], batches), lrs[i])
       single_metrics.append(metrics)
-    scanned_state, scanned_metrics = jax.jit(parallel.scan_steps(group_step))(
+    scanned_state, scanned_metrics = parallel.jit_steps_over_copies(run.step_fn)(
         init(np.arange(runs, dtype=np.uint32)), batches, lrs)
   for a, b in zip(jax.tree.leaves(scanned_state), jax.tree.leaves(state)):
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
