@@ -275,7 +275,8 @@ def scan_steps(step_fn: Callable) -> Callable:
   vmapped form for a group); ``batches`` and ``lrs`` carry the ``k`` steps on a new leading
   axis (``batches["inputs"]``: ``[k, ...]`` of one step's batch; ``lrs``: ``[k, ...]``), and the
   metrics come back stacked the same way. ``k`` is read from ``lrs``: one compiled program per
-  ``k``. Equal to ``k`` calls of ``step_fn`` to float32 rounding (tests/test_parallel.py).
+  ``k``. Equal to ``k`` calls of ``step_fn``, bitwise on CPU (tests/test_parallel.py), so a
+  loop that starts its k-step chunks at multiples of k resumes bitwise.
   Jit it with ``donate_argnums=0``; for a group of runs use ``jit_steps_over_copies`` (the run
   axis vmapped inside the scan: ``batches`` ``[k, runs, ...]``).
   """
