@@ -1,6 +1,7 @@
 """The quickstart model's train step beside this CPU's limit: GFLOP/s vs the rate of its own matmuls.
 
     python benchmarks/step_roofline.py [--runs 1,6] [--rounds 7] [--k 8] [--profile]
+                                       [--bf16-loss-steps 400]
 
 The step is the one the suite trains (configs/compare_tiny.py: 2 layers, d = 64, byte vocab,
 batch 16 x 64, cosine + AdamW), vmapped over R runs exactly as ``anytime.batched`` builds it
@@ -20,7 +21,10 @@ prints, for each R:
     - ``1 device``: the same program on one CPU device (XLA's 2 intra-op threads);
     - ``ynn on``: XLA's default YNNPACK fusions (the cost of the miscompile workaround in
       ``parallel.jit_over_copies``);
-    - ``scan k``: ``parallel.scan_steps``: k steps in one dispatch, learning rates as input.
+    - ``scan k``: ``parallel.scan_steps``: k steps in one dispatch, learning rates as input;
+    - ``bf16 matmuls``: ``model.matmul_dtype="bfloat16"`` (operands rounded to bf16, float32
+      accumulation), with scan; ``--bf16-loss-steps N`` trains N steps both ways and prints
+      the eval-loss difference beside the seed spread.
 * with ``--profile``: where the step's time goes (XLA's own per-op trace), by phase
   (forward / backward / optimizer + averages) and kind (matmul, layout copy, other fusions).
 
@@ -57,11 +61,46 @@ from configs import compare_tiny  # noqa: E402
 _YNN_OFF = dict(parallel._CPU_SAFE_COMPILER_OPTIONS)  # pylint: disable=protected-access
 
 
-def _template(weight_grads: str):
+def _template(weight_grads: str, matmul_dtype: str = "", seed: int = 0, steps: int = 200,
+              lr: float = 3e-3):
   config = compare_tiny.get_config()
-  run_config = compare.run_config(config, "cosine", 3e-3, 0, 200)
+  run_config = compare.run_config(config, "cosine", lr, seed, steps)
   run_config.model.weight_grads = weight_grads
+  run_config.model.matmul_dtype = matmul_dtype
   return loop.build_run(run_config, tempfile.mkdtemp(), constrain_activations=False)
+
+
+def bf16_loss_effect(steps: int, seeds: int, k: int) -> None:
+  """Eval loss after ``steps`` cosine steps (the suite's centre LR), float32 vs bfloat16 matmul
+  operands, ``seeds`` seeds trained as one vmapped group each; the seed spread for scale."""
+  print(f"\nbf16 matmul operands (float32 accumulation and everything else), quickstart model, "
+        f"{steps} cosine steps at LR 4.24e-3, {seeds} seeds, eval loss on the 1,024 held-out "
+        "windows:")
+  finals = {}
+  for matmul_dtype in ("float32", "bfloat16"):
+    runs = [_template("narrow", matmul_dtype, seed, steps, 4.24e-3) for seed in range(seeds)]
+    step = parallel.jit_steps_over_copies(runs[0].step_fn, donate_argnums=0)
+    state = parallel.jit_over_copies(runs[0].init_fn)(np.arange(seeds, dtype=np.uint32))
+    iterators = [r.make_train_iterator() for r in runs]
+    lrs = np.stack([loop.learning_rate_table(r.schedule, 0, steps) for r in runs], 1)
+    start = time.perf_counter()
+    for first in range(0, steps, k):
+      chunk = [[next(it) for it in iterators] for _ in range(k)]
+      batches = {key: np.stack([np.stack([b[key] for b in row]) for row in chunk])
+                 for key in chunk[0][0]}
+      state, _ = step(state, batches, lrs[first:first + k])
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    evaluate = parallel.jit_over_copies(runs[0].eval_fn, in_axes=(0, None))
+    totals = [evaluate(state.params, b) for b in runs[0].eval_batches]
+    loss = (np.sum([np.asarray(t[0]) for t in totals], 0) /
+            np.sum([np.asarray(t[1]) for t in totals], 0))
+    finals[matmul_dtype] = loss
+    print(f"  {matmul_dtype:9s} eval loss per seed {np.round(loss, 4)}  mean {loss.mean():.4f}  "
+          f"({seconds:.1f} s for {seeds} x {steps} steps)")
+  delta = finals["bfloat16"] - finals["float32"]
+  print(f"  bf16 - f32 per seed {np.round(delta, 4)}, mean {delta.mean():+.4f} "
+        f"(seed spread of f32: s.d. {finals['float32'].std(ddof=1):.4f})")
 
 
 def _sharding(count: int, devices: int):
@@ -237,8 +276,12 @@ def main():
   parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
   parser.add_argument("--k", type=int, default=8, help="steps per dispatch of the scan variant")
   parser.add_argument("--profile", action="store_true", help="per-op breakdown of each R")
+  parser.add_argument("--bf16-loss-steps", type=int, default=0,
+                      help="also train this many steps with f32 vs bf16 matmuls (0 = skip)")
+  parser.add_argument("--bf16-loss-seeds", type=int, default=4)
   args = parser.parse_args()
   old, new = _template("autodiff"), _template("narrow")
+  bf16 = _template("narrow", "bfloat16")
   one = next(new.make_train_iterator())
   print(f"quickstart train step (configs/compare_tiny.py), {os.cpu_count()} CPU cores, "
         f"{jax.device_count()} CPU devices, jax {jax.__version__}; medians of {args.rounds} "
@@ -249,12 +292,13 @@ def main():
     variants = {
         today: Variant(old, one, count, devices=devices),
         "old, 1 device": Variant(old, one, count, devices=1),
-        f"old, ynn on ({devices} dev)": Variant(old, one, count, devices=devices, ynn_off=False),
         f"new ({devices} dev)": Variant(new, one, count, devices=devices),
         "new, 1 device": Variant(new, one, count, devices=1),
         f"new, ynn on ({devices} dev)": Variant(new, one, count, devices=devices, ynn_off=False),
         f"new, scan k={args.k} ({devices} dev)": Variant(new, one, count, devices=devices,
                                                          k=args.k),
+        f"new, bf16 matmuls, scan k={args.k}": Variant(bf16, one, count, devices=devices,
+                                                       k=args.k),
     }
     single = variants["old, 1 device"].compiled()
     gflop = _flops(single) / 1e9
@@ -273,6 +317,8 @@ def main():
     if args.profile:
       profile(variants["old, 1 device"])
       profile(variants["new, 1 device"])
+  if args.bf16_loss_steps:
+    bf16_loss_effect(args.bf16_loss_steps, args.bf16_loss_seeds, args.k)
 
 
 if __name__ == "__main__":

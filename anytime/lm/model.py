@@ -43,6 +43,11 @@ class ModelConfig:
   # quickstart step (benchmarks/README.md). "narrow" transposes the narrower operand (the one
   # of width d, or a matmul's own output), "autodiff" leaves it to JAX's rule (the gradient).
   weight_grads: str = "narrow"
+  # The projections' operands are rounded to this dtype, products accumulated in
+  # compute_dtype ("" = compute_dtype). "bfloat16" with float32 compute: the matmuls run at
+  # the CPU's bf16 rate (AVX512-BF16/AMX: 2-3x float32 here) at a measured loss cost
+  # (benchmarks/README.md); attention's own matmuls stay in compute_dtype.
+  matmul_dtype: str = ""
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim", "max_len"):
@@ -57,6 +62,9 @@ class ModelConfig:
     if self.compute_dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(
           f"model.compute_dtype must be float32, bfloat16 or float16, got {self.compute_dtype!r}")
+    if self.matmul_dtype not in ("", "float32", "bfloat16", "float16"):
+      raise ValueError(f"model.matmul_dtype must be '', float32, bfloat16 or float16, got "
+                       f"{self.matmul_dtype!r}")
     if self.weight_grads not in ("narrow", "autodiff"):
       raise ValueError(f"model.weight_grads must be 'narrow' or 'autodiff', got "
                        f"{self.weight_grads!r}")
@@ -90,25 +98,34 @@ def _norm(x, scale, eps=1e-6):
   return ((x32 - mean) * jax.lax.rsqrt(var + eps) * scale).astype(x.dtype)
 
 
-def _weight_grad(x_NxK, g_NxM, transpose_input: bool):
-  """sum_n x[n, k] g[n, m], with the transpose that XLA needs on ``x`` or on ``g``."""
-  if transpose_input:
-    return jax.lax.dot_general(x_NxK, g_NxM, (((0,), (0,)), ((), ())))
-  return jax.lax.dot_general(g_NxM, x_NxK, (((0,), (0,)), ((), ()))).T
+def _dot(a, b, dimension_numbers, out_dtype):
+  return jax.lax.dot_general(a, b, dimension_numbers,
+                             preferred_element_type=out_dtype).astype(out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul(x_NxK, w_KxM, transpose_input: bool):
-  return x_NxK @ w_KxM
+_ROWS = (((0,), (0,)), ((), ()))  # contract the rows: a weight gradient
+_PLAIN = (((1,), (0,)), ((), ()))
 
 
-def _matmul_fwd(x_NxK, w_KxM, transpose_input):
-  return x_NxK @ w_KxM, (x_NxK, w_KxM)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul(x_NxK, w_KxM, transpose_input: bool, matmul_dtype):
+  return _dot(x_NxK.astype(matmul_dtype), w_KxM.astype(matmul_dtype), _PLAIN, x_NxK.dtype)
 
 
-def _matmul_bwd(transpose_input, residuals, g_NxM):
-  x_NxK, w_KxM = residuals
-  return g_NxM @ w_KxM.T, _weight_grad(x_NxK, g_NxM, transpose_input)
+def _matmul_fwd(x_NxK, w_KxM, transpose_input, matmul_dtype):
+  x, w = x_NxK.astype(matmul_dtype), w_KxM.astype(matmul_dtype)
+  return _dot(x, w, _PLAIN, x_NxK.dtype), (x, w)
+
+
+def _matmul_bwd(transpose_input, matmul_dtype, residuals, g_NxM):
+  x_NxK, w_KxM = residuals  # in matmul_dtype; x, w and g come in one dtype (project's)
+  g, dtype = g_NxM.astype(matmul_dtype), g_NxM.dtype
+  dx = _dot(g, w_KxM.T, _PLAIN, dtype)
+  if transpose_input:  # XLA transposes the first operand of a row contraction
+    dw = _dot(x_NxK, g, _ROWS, dtype)
+  else:
+    dw = _dot(g, x_NxK, _ROWS, dtype).T
+  return dx, dw
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -116,16 +133,18 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 def project(x: jax.Array, w: jax.Array, in_dims: int, config: ModelConfig) -> jax.Array:
   """Contracts the last ``in_dims`` axes of ``x`` with the first ``in_dims`` axes of ``w``
-  (an einsum such as ``bld,dnh->blnh``), in ``config.dtype``. With ``weight_grads="narrow"``
+  (an einsum such as ``bld,dnh->blnh``), in ``config.dtype``, the products in
+  ``config.matmul_dtype`` (accumulated in ``config.dtype``). With ``weight_grads="narrow"``
   the weight gradient transposes ``x`` or the output's gradient, whichever is narrower (``x``
   on a tie: the q, k, v projections then share one transpose of their input)."""
   w = w.astype(config.dtype)
   lead, k_shape, m_shape = x.shape[:-in_dims], w.shape[:in_dims], w.shape[in_dims:]
+  matmul_dtype = jnp.dtype(config.matmul_dtype or config.compute_dtype)
   if config.weight_grads == "autodiff":
-    return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - in_dims, x.ndim)),
-                                        tuple(range(in_dims))), ((), ())))
+    numbers = ((tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims))), ((), ()))
+    return _dot(x.astype(matmul_dtype), w.astype(matmul_dtype), numbers, x.dtype)
   k, m = math.prod(k_shape), math.prod(m_shape)
-  y = _matmul(x.reshape(-1, k), w.reshape(k, m), k <= m)
+  y = _matmul(x.reshape(-1, k), w.reshape(k, m), k <= m, matmul_dtype)
   return y.reshape(*lead, *m_shape)
 
 
