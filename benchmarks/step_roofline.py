@@ -51,10 +51,9 @@ from anytime import parallel  # noqa: E402  (before JAX starts its backends)
 parallel.use_cpu_devices()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from anytime import batched, loop  # noqa: E402
+from anytime import loop  # noqa: E402
 from anytime.experiments import compare  # noqa: E402
 from configs import compare_tiny  # noqa: E402
 
