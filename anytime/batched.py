@@ -121,6 +121,13 @@ class StackedProgram:
     tracking = set(config_lib.posthoc_tracking(template.config))
     self._init = parallel.jit_over_copies(template.init_fn)
     self._step = parallel.jit_over_copies(template.step_fn, donate_argnums=0, **placed)
+    stepwise = jax.sharding.NamedSharding(self.sharding.mesh,
+                                          jax.sharding.PartitionSpec(None, "runs"))
+    # k steps per dispatch (lax.scan; bitwise equal to k single steps): the host loop sends
+    # the stretches between its evaluations, checkpoints and logs as chunks of this size.
+    self._steps = parallel.jit_steps_over_copies(
+        template.step_fn, donate_argnums=0, in_shardings=(self.sharding, stepwise, stepwise),
+        out_shardings=(self.sharding, stepwise))
     self._eval = parallel.jit_over_copies(template.eval_fn, in_axes=(0, None))
     self._candidates = parallel.jit_over_copies(
         lambda state: {name: params for name, params in
@@ -141,6 +148,13 @@ class StackedProgram:
   def step(self, state, batches: Sequence[dict], lrs: np.ndarray):
     batch = {key: np.stack([b[key] for b in batches]) for key in batches[0]}
     return self._step(state, batch, lrs)
+
+  def steps(self, state, batches: Sequence[Sequence[dict]], lrs: np.ndarray):
+    """``len(batches)`` steps in one dispatch: ``batches[j][i]`` is member i's batch of step j,
+    ``lrs`` ``[k, members]``; metrics come back ``[k, members]``."""
+    stacked = {key: np.stack([np.stack([b[key] for b in step]) for step in batches])
+               for key in batches[0][0]}
+    return self._steps(state, stacked, lrs)
 
   def member_state(self, state, i: int):
     return _take(state, i)

@@ -402,10 +402,17 @@ def train_members(program, members: Sequence[Member], state, step: int, *, label
   clock = dict(start=time.perf_counter(), last=time.perf_counter(), last_step=step)
   flops_peak = program.flops_per_second_peak() if program.size == 1 else 0.0
 
-  def flush(pending):
-    done_step, device_metrics = pending
-    metrics = {k: np.reshape(np.asarray(v), (-1,)) for k, v in
-               jax.device_get(device_metrics).items()}
+  def flush_all(pending):
+    done_steps, device_metrics, stacked = pending
+    host = jax.device_get(device_metrics)
+    if not stacked:
+      flush(done_steps[0], host)
+      return
+    for j, done_step in enumerate(done_steps):
+      flush(done_step, {k: v[j] for k, v in host.items()})
+
+  def flush(done_step, host_metrics):
+    metrics = {k: np.reshape(np.asarray(v), (-1,)) for k, v in host_metrics.items()}
     logged = done_step % t.log_every == 0 or done_step == end
     rate = 0.0
     if logged:
@@ -435,21 +442,28 @@ def train_members(program, members: Sequence[Member], state, step: int, *, label
             f"{rate * tokens_per_step * len(members):,.0f} tok/s{mfu} | ETA "
             f"{_format_seconds(eta)}", flush=True)
 
-  pending = None  # (step, device metrics): fetched one step late
+  chunk = _chunk_size(program, members)
+  pending = None  # (steps, device metrics): fetched one dispatch late
   with preemption() as stop:
     while step < end:
-      batches = [next(m.iterator) for m in members]
-      lrs = np.array([m.learning_rates[step] for m in members], np.float32)
-      state, device_metrics = program.step(state, batches, lrs)
+      k = chunk if chunk > 1 and step % chunk == 0 and _free_stretch(
+          step, end, eval_steps | save_steps | hook_steps) >= chunk else 1
+      batches = [[next(m.iterator) for m in members] for _ in range(k)]
+      lrs = np.array([[m.learning_rates[step + j] for m in members] for j in range(k)],
+                     np.float32)
+      if k == 1:
+        state, device_metrics = program.step(state, batches[0], lrs[0])
+      else:
+        state, device_metrics = program.steps(state, batches, lrs)
       if pending is not None:
-        flush(pending)
-      pending = (step + 1, device_metrics)
-      step += 1
+        flush_all(pending)
+      pending = (list(range(step + 1, step + k + 1)), device_metrics, k > 1)
+      step += k
       eval_due = step % t.eval_every == 0 or step in eval_steps or step == end
       save_due = step % t.checkpoint_every == 0 or step in save_steps or step == end
       deferred = any(m.guard.save_deferred and m.diverged_at is None for m in members)
       if eval_due or save_due or stop.requested or deferred:
-        flush(pending)
+        flush_all(pending)
         pending = None
         if eval_due:
           _evaluate(program, members, state, step, tokens_per_step, label)
@@ -463,10 +477,34 @@ def train_members(program, members: Sequence[Member], state, step: int, *, label
           raise SystemExit(0)
       state = _host_work(program, members, state, step, hook_steps)
     if pending is not None:
-      flush(pending)
+      flush_all(pending)
   for m in members:
     m.store.wait()
   return state
+
+
+MAX_STEPS_PER_DISPATCH = 8
+
+
+def _chunk_size(program, members: Sequence[Member]) -> int:
+  """Steps per dispatch: the largest k <= 8 that divides every cadence the host acts on (so
+  chunks line up with evaluations, checkpoints, logs and snapshots); 1 for a program without
+  a k-step form. Chunks are bitwise equal to single steps, so resume does not depend on k."""
+  if not hasattr(program, "steps"):
+    return 1
+  t = members[0].config.train
+  cadence = 0
+  for every in (t.eval_every, t.checkpoint_every, t.log_every,
+                *(m.config.train.snapshot_every for m in members)):
+    cadence = math.gcd(cadence, int(every or 0))
+  return max(k for k in range(1, MAX_STEPS_PER_DISPATCH + 1) if cadence % k == 0)
+
+
+def _free_stretch(step: int, end: int, event_steps) -> int:
+  """Steps from ``step`` before the host must act (an explicit evaluation, save or hook step,
+  or the end; cadences are multiples of the chunk size)."""
+  upcoming = [s for s in event_steps if s > step] + [end]
+  return min(upcoming) - step
 
 
 def _observe(m: Member, step: int, metrics: Mapping[str, np.ndarray], i: int) -> None:

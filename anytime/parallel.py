@@ -266,3 +266,34 @@ def use_cpu_devices(count: int | None = None) -> None:
   flags = os.environ.get("XLA_FLAGS", "")
   if flag not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {flag}={count or os.cpu_count() or 1}".strip()
+
+
+def scan_steps(step_fn: Callable) -> Callable:
+  """``k`` train steps as one program: ``fn(state, batches, lrs) -> (state, metrics)``.
+
+  ``step_fn(state, batch, lr) -> (state, metrics)`` is one step (``loop.Run.step_fn``, or its
+  vmapped form for a group); ``batches`` and ``lrs`` carry the ``k`` steps on a new leading
+  axis (``batches["inputs"]``: ``[k, ...]`` of one step's batch; ``lrs``: ``[k, ...]``), and the
+  metrics come back stacked the same way. ``k`` is read from ``lrs``: one compiled program per
+  ``k``. Equal to ``k`` calls of ``step_fn``, bitwise on CPU (tests/test_parallel.py), so a
+  loop that starts its k-step chunks at multiples of k resumes bitwise.
+  Jit it with ``donate_argnums=0``; for a group of runs use ``jit_steps_over_copies`` (the run
+  axis vmapped inside the scan: ``batches`` ``[k, runs, ...]``).
+  """
+
+  def steps(state, batches, lrs):
+    def body(carry, xs):
+      batch, lr = xs
+      return step_fn(carry, batch, lr)
+
+    return jax.lax.scan(body, state, (batches, lrs))
+
+  return steps
+
+
+def jit_steps_over_copies(step_fn: Callable, **jit_kwargs) -> Callable:
+  """``scan_steps`` of ``step_fn`` vmapped over copies, jitted like ``jit_over_copies`` (its
+  CPU workaround included): ``fn(states, batches, lrs)`` with ``batches`` ``[k, copies, ...]``
+  and ``lrs`` ``[k, copies]``; metrics come back ``[k, copies]``."""
+  options = dict(_CPU_SAFE_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
+  return jax.jit(scan_steps(jax.vmap(step_fn)), compiler_options=options, **jit_kwargs)

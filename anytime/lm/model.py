@@ -10,6 +10,7 @@ Shapes live in names: ``x_BxLxD``, ``logits_BxLxV``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -35,6 +36,18 @@ class ModelConfig:
   rope_base: float = 10_000.0
   attention_impl: str = "xla"  # "xla" (any backend) or "cudnn" (fused flash attention, GPU).
   init_std: float = 0.02
+  # How the projections' weight gradients are formed. A weight gradient contracts the batch x
+  # length rows, so one of its two operands is transposed first; XLA's CPU backend fuses the
+  # producer of that operand (GELU', LayerNorm', RoPE', softmax', the residual stream's
+  # gradient) into the transpose and recomputes it with strided reads, which was 40-50% of the
+  # quickstart step (benchmarks/README.md). "narrow" transposes the narrower operand (the one
+  # of width d, or a matmul's own output), "autodiff" leaves it to JAX's rule (the gradient).
+  weight_grads: str = "narrow"
+  # The projections' operands are rounded to this dtype, products accumulated in
+  # compute_dtype ("" = compute_dtype). "bfloat16" with float32 compute: the matmuls run at
+  # the CPU's bf16 rate (AVX512-BF16/AMX: 2-3x float32 here) at a measured loss cost
+  # (benchmarks/README.md); attention's own matmuls stay in compute_dtype.
+  matmul_dtype: str = ""
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim", "max_len"):
@@ -49,6 +62,12 @@ class ModelConfig:
     if self.compute_dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(
           f"model.compute_dtype must be float32, bfloat16 or float16, got {self.compute_dtype!r}")
+    if self.matmul_dtype not in ("", "float32", "bfloat16", "float16"):
+      raise ValueError(f"model.matmul_dtype must be '', float32, bfloat16 or float16, got "
+                       f"{self.matmul_dtype!r}")
+    if self.weight_grads not in ("narrow", "autodiff"):
+      raise ValueError(f"model.weight_grads must be 'narrow' or 'autodiff', got "
+                       f"{self.weight_grads!r}")
     if self.attention_impl not in ("xla", "cudnn"):
       raise ValueError(f"model.attention_impl must be 'xla' or 'cudnn', got "
                        f"{self.attention_impl!r}")
@@ -77,6 +96,56 @@ def _norm(x, scale, eps=1e-6):
   mean = jnp.mean(x32, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
   return ((x32 - mean) * jax.lax.rsqrt(var + eps) * scale).astype(x.dtype)
+
+
+def _dot(a, b, dimension_numbers, out_dtype):
+  return jax.lax.dot_general(a, b, dimension_numbers,
+                             preferred_element_type=out_dtype).astype(out_dtype)
+
+
+_ROWS = (((0,), (0,)), ((), ()))  # contract the rows: a weight gradient
+_PLAIN = (((1,), (0,)), ((), ()))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul(x_NxK, w_KxM, transpose_input: bool, matmul_dtype):
+  return _dot(x_NxK.astype(matmul_dtype), w_KxM.astype(matmul_dtype), _PLAIN, x_NxK.dtype)
+
+
+def _matmul_fwd(x_NxK, w_KxM, transpose_input, matmul_dtype):
+  x, w = x_NxK.astype(matmul_dtype), w_KxM.astype(matmul_dtype)
+  return _dot(x, w, _PLAIN, x_NxK.dtype), (x, w)
+
+
+def _matmul_bwd(transpose_input, matmul_dtype, residuals, g_NxM):
+  x_NxK, w_KxM = residuals  # in matmul_dtype; x, w and g come in one dtype (project's)
+  g, dtype = g_NxM.astype(matmul_dtype), g_NxM.dtype
+  dx = _dot(g, w_KxM.T, _PLAIN, dtype)
+  if transpose_input:  # XLA transposes the first operand of a row contraction
+    dw = _dot(x_NxK, g, _ROWS, dtype)
+  else:
+    dw = _dot(g, x_NxK, _ROWS, dtype).T
+  return dx, dw
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def project(x: jax.Array, w: jax.Array, in_dims: int, config: ModelConfig) -> jax.Array:
+  """Contracts the last ``in_dims`` axes of ``x`` with the first ``in_dims`` axes of ``w``
+  (an einsum such as ``bld,dnh->blnh``), in ``config.dtype``, the products in
+  ``config.matmul_dtype`` (accumulated in ``config.dtype``). With ``weight_grads="narrow"``
+  the weight gradient transposes ``x`` or the output's gradient, whichever is narrower (``x``
+  on a tie: the q, k, v projections then share one transpose of their input)."""
+  w = w.astype(config.dtype)
+  lead, k_shape, m_shape = x.shape[:-in_dims], w.shape[:in_dims], w.shape[in_dims:]
+  matmul_dtype = jnp.dtype(config.matmul_dtype or config.compute_dtype)
+  if config.weight_grads == "autodiff":
+    numbers = ((tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims))), ((), ()))
+    return _dot(x.astype(matmul_dtype), w.astype(matmul_dtype), numbers, x.dtype)
+  k, m = math.prod(k_shape), math.prod(m_shape)
+  y = _matmul(x.reshape(-1, k), w.reshape(k, m), k <= m, matmul_dtype)
+  return y.reshape(*lead, *m_shape)
 
 
 def rope(x_BxLxNxH: jax.Array, positions_L: jax.Array, base: float) -> jax.Array:
@@ -110,22 +179,21 @@ class Block(nnx.Module):
 
   def __call__(self, x_BxLxD: jax.Array, positions_L: jax.Array) -> jax.Array:
     cfg = self.config
-    dt = cfg.dtype
     h_BxLxD = _norm(x_BxLxD, self.attn_norm[...])
-    q_BxLxNxH = jnp.einsum("bld,dnh->blnh", h_BxLxD, self.wq[...].astype(dt))
-    k_BxLxNxH = jnp.einsum("bld,dnh->blnh", h_BxLxD, self.wk[...].astype(dt))
-    v_BxLxNxH = jnp.einsum("bld,dnh->blnh", h_BxLxD, self.wv[...].astype(dt))
+    q_BxLxNxH = project(h_BxLxD, self.wq[...], 1, cfg)
+    k_BxLxNxH = project(h_BxLxD, self.wk[...], 1, cfg)
+    v_BxLxNxH = project(h_BxLxD, self.wv[...], 1, cfg)
     q_BxLxNxH = rope(_norm(q_BxLxNxH, self.q_norm[...]), positions_L, cfg.rope_base)
     k_BxLxNxH = rope(_norm(k_BxLxNxH, self.k_norm[...]), positions_L, cfg.rope_base)
     q_BxLxNxH = parallel.constrain(q_BxLxNxH, ("batch", "length", "heads", "kv"))
     o_BxLxNxH = jax.nn.dot_product_attention(
         q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, is_causal=True, implementation=cfg.attention_impl)
-    x_BxLxD = x_BxLxD + jnp.einsum("blnh,nhd->bld", o_BxLxNxH, self.wo[...].astype(dt))
+    x_BxLxD = x_BxLxD + project(o_BxLxNxH, self.wo[...], 2, cfg)
     x_BxLxD = parallel.constrain(x_BxLxD, ("batch", "length", "embed"))
     h_BxLxD = _norm(x_BxLxD, self.mlp_norm[...])
-    h_BxLxF = jax.nn.gelu(jnp.einsum("bld,df->blf", h_BxLxD, self.w_in[...].astype(dt)))
+    h_BxLxF = jax.nn.gelu(project(h_BxLxD, self.w_in[...], 1, cfg))
     h_BxLxF = parallel.constrain(h_BxLxF, ("batch", "length", "mlp"))
-    x_BxLxD = x_BxLxD + jnp.einsum("blf,fd->bld", h_BxLxF, self.w_out[...].astype(dt))
+    x_BxLxD = x_BxLxD + project(h_BxLxF, self.w_out[...], 1, cfg)
     return parallel.constrain(x_BxLxD, ("batch", "length", "embed"))
 
 
@@ -153,7 +221,7 @@ class Transformer(nnx.Module):
       else:
         x_BxLxD = block(x_BxLxD, positions_L)
     x_BxLxD = _norm(x_BxLxD, self.final_norm[...])
-    logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, self.unembed[...].astype(cfg.dtype))
+    logits_BxLxV = project(x_BxLxD, self.unembed[...], 1, cfg)
     return parallel.constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
