@@ -70,6 +70,14 @@ class _ReadOnlyNotices(logging.Filter):
                                    "Given directory is read only"))
 
 
+class _MetadataNotices(logging.Filter):
+  """Reading a checkpoint's tree metadata without its handlers makes Orbax warn, per item, that
+  the item "could not be restored"; the metadata is all we read there."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "was found in the checkpoint, but could not be restored" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def quiet_read_only_notices():
   """Drops Orbax's read-only notices while a read-only ``CheckpointManager`` is created."""
@@ -183,10 +191,14 @@ class CheckpointStore:
 
   def _saved_tree(self, step: int) -> Any:
     """The tree metadata of the checkpoint's train state (None when unreadable)."""
+    logger, notices = logging.getLogger("absl"), _MetadataNotices()
+    logger.addFilter(notices)
     try:
       metadata = self.manager.item_metadata(step)["state"]
     except Exception:  # pylint: disable=broad-except
       return None
+    finally:
+      logger.removeFilter(notices)
     return getattr(metadata, "tree", metadata)
 
   def restore_latest_intact(self, abstract_state: Any, data_iterator_factory=None,

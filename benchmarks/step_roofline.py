@@ -54,7 +54,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from anytime import loop  # noqa: E402
-from anytime.experiments import compare  # noqa: E402
+from anytime.experiments import methods, plan  # noqa: E402
 from configs import compare_tiny  # noqa: E402
 
 _YNN_OFF = dict(parallel._CPU_SAFE_COMPILER_OPTIONS)  # pylint: disable=protected-access
@@ -63,7 +63,7 @@ _YNN_OFF = dict(parallel._CPU_SAFE_COMPILER_OPTIONS)  # pylint: disable=protecte
 def _template(weight_grads: str, matmul_dtype: str = "", seed: int = 0, steps: int = 200,
               lr: float = 3e-3):
   config = compare_tiny.get_config()
-  run_config = compare.run_config(config, "cosine", lr, seed, steps)
+  run_config = plan.run_config(config, methods.REGISTRY["cosine"], lr, seed, steps)
   run_config.model.weight_grads = weight_grads
   run_config.model.matmul_dtype = matmul_dtype
   return loop.build_run(run_config, tempfile.mkdtemp(), constrain_activations=False)

@@ -35,21 +35,21 @@ parallel.use_cpu_devices()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from anytime import batched, branches, checkpoint, loop  # noqa: E402
-from anytime.experiments import compare  # noqa: E402
+from anytime import batched, branches, loop  # noqa: E402
+from anytime.experiments import methods, plan  # noqa: E402
 from configs import compare_tiny  # noqa: E402
 
 
-def _runs(config, workdir: Path, count: int, steps: int) -> list[compare.PlannedRun]:
+def _runs(config, workdir: Path, count: int, steps: int) -> list[plan.PlannedRun]:
   lrs = [2e-3, 3e-3, 4.24e-3]
   planned = []
   for i in range(count):
     lr, seed = lrs[i % len(lrs)], i // len(lrs)
-    run_config = compare.run_config(config, "cosine", lr, seed, steps)
+    run_config = plan.run_config(config, methods.REGISTRY["cosine"], lr, seed, steps)
     name = f"r{i}"
     spec = batched.RunSpec(name=name, config=run_config,
                            directory=workdir_lib.main_dir(workdir / name), end_step=steps)
-    planned.append(compare.PlannedRun("cosine", lr, seed, spec))
+    planned.append(plan.PlannedRun("cosine", lr, seed, spec))
   return planned
 
 
@@ -84,7 +84,7 @@ def throughput(count: int, steps: int) -> None:
 def step_sweep(counts: list[int], repeats: int = 20) -> None:
   """Milliseconds per vmapped train step and per run-step for each number of runs."""
   config = compare_tiny.get_config()
-  run_config = compare.run_config(config, "cosine", 3e-3, 0, 200)
+  run_config = plan.run_config(config, methods.REGISTRY["cosine"], 3e-3, 0, 200)
   with tempfile.TemporaryDirectory() as tmp:
     template = loop.build_run(run_config, tmp, constrain_activations=False)
     one = next(template.make_train_iterator())

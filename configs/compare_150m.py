@@ -27,8 +27,6 @@ import ml_collections
 from anytime import config as config_lib
 
 
-
-
 def _lm_150m():
   """configs/lm_150m.py next to this file, loaded by path (works from any directory)."""
   path = pathlib.Path(__file__).with_name("lm_150m.py")

@@ -20,7 +20,6 @@ import ml_collections
 from anytime import config as config_lib
 
 
-
 def get_config():
   base = config_lib.default_config()
   base.model.d_model = 36

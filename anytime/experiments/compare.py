@@ -356,19 +356,25 @@ def _by_run(extensions: Mapping[tuple[str, int | None], Sequence[float]],
   return out
 
 
-def _chosen(records, methods, tuning_seeds, s) -> dict[tuple[str, int | None], set[float]]:
+def _chosen(records, methods, tuning_seeds, s
+            ) -> tuple[dict[tuple[str, int | None], set[float]], set[tuple[str, int, float]]]:
+  """The chosen runs ``{(run method, horizon or None): LRs}`` and decay branches
+  ``{(branch method, horizon, LR)}`` of every column."""
   keys = _choice_keys(methods, s)
   by_name = methods_lib.by_name(methods)
   choices = tuning.choose_all(records, tuning_seeds=tuning_seeds,
                               per_horizon_methods=keys["per_horizon"])
   chosen: dict[tuple[str, int | None], set[float]] = {}
+  branches: set[tuple[str, int, float]] = set()
   for column, choice in choices.items():
     if column.method not in by_name:
       continue
     method = methods_lib.run_method(by_name, column.method)
     for h, optimum in choice.optima.items():
       chosen.setdefault((method.name, h if method.per_horizon else None), set()).add(optimum.lr)
-  return chosen
+      if isinstance(by_name[column.method], methods_lib.DecayBranch):
+        branches.add((column.method, h, optimum.lr))
+  return chosen, branches
 
 
 def _run(config: ml_collections.ConfigDict, root: epath.Path,
@@ -380,9 +386,9 @@ def _run(config: ml_collections.ConfigDict, root: epath.Path,
   _SUBMITTED[0] = 0
   tuning_seeds, first, second = seed_plan(s)
   planned, records = _tuning_rounds(config, root, methods, tuning_seeds)
-  chosen = _chosen(records, methods, tuning_seeds, s)
+  chosen, chosen_branches = _chosen(records, methods, tuning_seeds, s)
   reporting = plan.plan_runs(config, root, methods, {k: sorted(v) for k, v in chosen.items()},
-                             first, windows=True)
+                             first, windows=True, branches=chosen_branches)
   train_phase(reporting, config, root, "seeds")
   evaluate_post_training(reporting, config, methods)
   planned = list(planned) + reporting
@@ -393,16 +399,19 @@ def _run(config: ml_collections.ConfigDict, root: epath.Path,
     started = time.perf_counter()  # counted once
     report = build_report(root)
     wanted: dict[tuple[str, int | None], set[float]] = {}
+    wanted_branches: set[tuple[str, int, float]] = set()
     by_name = methods_lib.by_name(methods)
     for cell in verdict.undecided_cells(report):
       method = methods_lib.run_method(by_name, cell.column.method)
       wanted.setdefault((method.name, cell.horizon if method.per_horizon else None),
                         set()).add(cell.lr)
       wanted.setdefault((cell.envelope_family, cell.horizon), set()).add(cell.envelope_lr)
+      if isinstance(by_name[cell.column.method], methods_lib.DecayBranch):
+        wanted_branches.add((cell.column.method, cell.horizon, cell.lr))
     if wanted:
       second_runs = plan.plan_runs(config, root, methods,
                                    {k: sorted(v) for k, v in wanted.items()}, second,
-                                   windows=True)
+                                   windows=True, branches=wanted_branches)
       train_phase(second_runs, config, root, "second-stage")
       evaluate_post_training(second_runs, config, methods)
     stages = verdict.Stages(tuple(first), tuple(second) if second_runs else (), 2)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import ml_collections
 from etils import epath
@@ -75,10 +75,12 @@ def run_name(method: str, lr: float, seed: int, horizon: int | None = None) -> s
 def plan_runs(config: ml_collections.ConfigDict, root: epath.Path,
               methods: Sequence[methods_lib.Method],
               lrs: Mapping[tuple[str, int | None], Sequence[float]],
-              seeds: Sequence[int], *, windows: bool = False) -> list[PlannedRun]:
+              seeds: Sequence[int], *, windows: bool = False,
+              branches: Collection[tuple[str, int, float]] | None = None) -> list[PlannedRun]:
   """The main runs for ``lrs[(method, horizon or None)]`` x ``seeds`` and, for every parent
-  method among them, the decay branches of each run. ``windows``: keep the per-window losses
-  of every reported evaluation (reporting seeds)."""
+  method among them, the decay branches of each run (only the ``(branch method, horizon, LR)``
+  in ``branches`` when given: the reporting seeds need the chosen ones only). ``windows``: keep
+  the per-window losses of every reported evaluation (reporting seeds)."""
   s = config.suite
   hs = methods_lib.horizons(s)
   by_name = methods_lib.by_name(methods)
@@ -100,7 +102,10 @@ def plan_runs(config: ml_collections.ConfigDict, root: epath.Path,
         planned.append(main)
         for child in method.derived(s):
           if isinstance(child, methods_lib.DecayBranch):
-            planned += [_branch(main, child, s, h, windows) for h in hs]
+            planned += [_branch(main, child, s, h, windows) for h in hs
+                        if branches is None or any(
+                            (b, bh) == (child.name, h) and abs(blr - lr) <= 1e-6 * lr
+                            for b, bh, blr in branches)]
   return planned
 
 
