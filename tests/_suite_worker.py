@@ -8,22 +8,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import ml_collections  # noqa: E402
 
-from anytime import config as config_lib  # noqa: E402
 from anytime.experiments import compare  # noqa: E402
 import _tiny  # noqa: E402
 
 
 def config() -> ml_collections.ConfigDict:
-  base = _tiny.tiny_config(**{
-      "parallel.num_devices": 1, "parallel.mesh": {"data": 1, "fsdp": 1, "tensor": 1},
-      "data.max_bytes": 100_000, "train.eval_batches": 1, "train.log_every": 1})
-  suite = config_lib.default_suite()
-  suite.update(dict(
-      base_steps=40, multipliers=[1, 2], warmup_steps=2, lr_centre=3e-3, lr_points=2,
-      max_extensions=0, tuning_seeds=[0], seeds=1, max_seeds=1, baselines=["cosine"],
-      methods=["constant"], wsd_variants=[], posthoc_sigma_rels=[], merge_last=[],
-      checkpoints_per_base=4, snapshots_per_base=4, evals_per_base=1, ema_factors=[25.0]))
-  return ml_collections.ConfigDict(dict(base=base, suite=suite))
+  return _tiny.tiny_suite(
+      {"train.log_every": 1}, base_steps=40, multipliers=[1, 2], warmup_steps=2,
+      lr_centre=3e-3, lr_points=2, max_extensions=0, tuning_seeds=[0], seeds=1, max_seeds=1,
+      baselines=["cosine"], methods=["constant"], wsd_variants=[], posthoc_sigma_rels=[],
+      merge_last=[], checkpoints_per_base=4, snapshots_per_base=4, evals_per_base=1,
+      ema_factors=[25.0])
 
 
 if __name__ == "__main__":

@@ -20,3 +20,16 @@ def tiny_config(**overrides):
   config.update_from_flattened_dict(overrides)
   config.lock()
   return config
+
+
+def tiny_suite(base_overrides=None, **suite_overrides):
+  """A comparison suite over one-device tiny runs of 100 kB of the embedded corpus (one
+  evaluation batch); ``suite_overrides`` set ``suite.*`` keys."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  base = tiny_config(**{
+      "parallel.num_devices": 1, "parallel.mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+      "data.max_bytes": 100_000, "train.eval_batches": 1, **(base_overrides or {})})
+  suite = config_lib.default_suite()
+  suite.update(suite_overrides)
+  return ml_collections.ConfigDict(dict(base=base, suite=suite))

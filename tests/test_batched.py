@@ -204,14 +204,21 @@ def _group_process(workdir, *extra_env):
                           stderr=subprocess.STDOUT, text=True, env=env)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_group(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  reference = _group_process(workdir)
+  assert reference.wait(timeout=600) == 0, reference.stdout.read()
+  return workdir
+
+
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
-def test_signal_saves_every_member_and_resume_equals_uninterrupted(tmp_path, signal_name):
+def test_signal_saves_every_member_and_resume_equals_uninterrupted(tmp_path, signal_name,
+                                                                  uninterrupted_group):
   """SIGTERM (or Ctrl-C) to a training group: every member saves the step in flight, one line
   says how to resume, exit status 0; re-running finishes equal to an uninterrupted group."""
   import signal  # pylint: disable=g-import-not-at-top
 
-  reference = _group_process(tmp_path / "ref")
-  assert reference.wait(timeout=600) == 0, reference.stdout.read()
   proc = _group_process(tmp_path / "run")
   lines = []
   for line in proc.stdout:
@@ -233,7 +240,7 @@ def test_signal_saves_every_member_and_resume_equals_uninterrupted(tmp_path, sig
   assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
   for i in range(3):
     got = loop.read_metrics(tmp_path / "run" / f"r{i}" / "main")
-    want = loop.read_metrics(tmp_path / "ref" / f"r{i}" / "main")
+    want = loop.read_metrics(uninterrupted_group / f"r{i}" / "main")
     strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("per_sec")}
                              for r in records]
     assert strip(got) == strip(want), i  # bitwise: the same program, the same batches

@@ -16,7 +16,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from anytime import config as config_lib
 from anytime import loop
 from anytime.experiments import compare, plan
 
@@ -24,17 +23,12 @@ import _tiny
 
 
 def mini_suite(**suite_overrides) -> ml_collections.ConfigDict:
-  base = _tiny.tiny_config(**{
-      "parallel.num_devices": 1, "parallel.mesh": {"data": 1, "fsdp": 1, "tensor": 1},
-      "data.max_bytes": 100_000, "train.eval_batches": 1})
-  suite = config_lib.default_suite()
-  suite.update(dict(
+  return _tiny.tiny_suite(**{**dict(
       base_steps=6, multipliers=[1, 2], warmup_steps=1, lr_centre=3e-3, lr_points=2,
       max_extensions=0, tuning_seeds=[0], seeds=2, max_seeds=2, baselines=["cosine"],
       methods=["constant"], wsd_variants=[], posthoc_sigma_rels=[], merge_last=[],
-      checkpoints_per_base=3, snapshots_per_base=3, evals_per_base=1, ema_factors=[25.0]))
-  suite.update(suite_overrides)
-  return ml_collections.ConfigDict(dict(base=base, suite=suite))
+      checkpoints_per_base=3, snapshots_per_base=3, evals_per_base=1, ema_factors=[25.0]),
+      **suite_overrides})
 
 
 def test_cost_is_six_n_tokens_and_hours_at_the_stated_mfu(tmp_path):
@@ -145,15 +139,22 @@ def _suite_process(workdir: Path):
                           stderr=subprocess.STDOUT, text=True, env=env)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_suite(tmp_path_factory) -> Path:
+  workdir = tmp_path_factory.mktemp("uninterrupted") / "suite"
+  reference = _suite_process(workdir)
+  out = reference.communicate(timeout=900)[0]
+  assert reference.returncode == 0, out
+  return workdir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
-def test_a_signalled_suite_exits_0_and_resumes_to_the_same_report(signal_name, tmp_path):
+def test_a_signalled_suite_exits_0_and_resumes_to_the_same_report(signal_name, tmp_path,
+                                                                  uninterrupted_suite):
   """SIGTERM (a preempted VM) or Ctrl-C to a running suite: the group in flight saves every
   member, one line says how to resume, exit 0; re-running the command finishes with the records
   and verdicts of an uninterrupted suite."""
-  reference = _suite_process(tmp_path / "ref")
-  out = reference.communicate(timeout=900)[0]
-  assert reference.returncode == 0, out
   proc = _suite_process(tmp_path / "run")
   lines = []
   for line in proc.stdout:
@@ -173,4 +174,4 @@ def test_a_signalled_suite_exits_0_and_resumes_to_the_same_report(signal_name, t
   resumed = _suite_process(tmp_path / "run")
   out = resumed.communicate(timeout=900)[0]
   assert resumed.returncode == 0, out
-  _same_suite(tmp_path / "run", tmp_path / "ref")
+  _same_suite(tmp_path / "run", uninterrupted_suite)

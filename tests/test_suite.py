@@ -51,17 +51,12 @@ RUN_NAME = re.compile(r"^(?P<method>.+?)(?:_(?P<horizon>\d+))?_lr(?P<tag>[^_]+)_
 
 
 def suite_config(**suite_overrides) -> ml_collections.ConfigDict:
-  base = _tiny.tiny_config(**{
-      "parallel.num_devices": 1, "parallel.mesh": {"data": 1, "fsdp": 1, "tensor": 1},
-      "data.max_bytes": 100_000, "train.eval_batches": 1})
-  suite = compare.default_suite()
-  suite.update(dict(
+  return _tiny.tiny_suite(**{**dict(
       base_steps=4, multipliers=[1, 2], warmup_steps=1, lr_centre=LR_CENTRE, lr_points=2,
       max_extensions=1, tuning_seeds=[0], seeds=1, max_seeds=1, baselines=["cosine", "d2z"],
       methods=["constant", "inverse_sqrt", "toy_isqrt"], wsd_variants=[["linear", 0.0]],
-      posthoc_sigma_rels=[0.1], snapshots_per_base=2, checkpoints_per_base=2, merge_last=[2]))
-  suite.update(suite_overrides)
-  return ml_collections.ConfigDict(dict(base=base, suite=suite))
+      posthoc_sigma_rels=[0.1], snapshots_per_base=2, checkpoints_per_base=2, merge_last=[2]),
+      **suite_overrides})
 
 
 # ---------------------------------------------------------------------------- fixtures

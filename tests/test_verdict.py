@@ -73,11 +73,15 @@ def _windows(records, skip=()):
           for r in records if r.seed != 0 and (r.method, r.candidate) not in skip}
 
 
+PRIMARY = Column("constant", "ema_25")  # the suite's default primary comparison
+
+
 def _report(stages=verdict.Stages(FIRST, SECOND), skip=(), **kwargs):
   records = _records(stages.first + stages.second)
   kwargs = dict(dict(windows=_windows(records, skip), window_tokens=TOKENS,
                      window_documents=DOCS, stages=stages,
-                     oracle_columns=(Column("constant", "posthoc_best"),)), **kwargs)
+                     oracle_columns=(Column("constant", "posthoc_best"),),
+                     primary=PRIMARY), **kwargs)
   return verdict.build_report(records, FACTS, tuning_seeds=0, families=FAMILIES,
                               per_horizon_methods=FAMILIES, **kwargs)
 
@@ -232,7 +236,7 @@ def test_large_ratios_print_without_exponents():
   facts = verdict.SuiteFacts(**{**FACTS.__dict__, "non_embedding_params": 10})
   records = _records()
   report = verdict.build_report(records, facts, tuning_seeds=0, families=FAMILIES,
-                                per_horizon_methods=FAMILIES)
+                                per_horizon_methods=FAMILIES, primary=PRIMARY)
   assert "| 40,000 (2,000x) |" in report_text.markdown_table(report).splitlines()[4]
   assert {c.eval_status for c in report.cells if c.tested} == {"missing"}
   assert report.stages.first == FIRST + SECOND and report.stages.looks == 1

@@ -157,11 +157,7 @@ def train_phase(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict
                         workdir=str(root))
     submitted += len(units)
   loop.exit_if_preempted("the suite")
-  _SUBMITTED[0] += submitted
   return submitted
-
-
-_SUBMITTED = [0]  # units this process submitted: a suite that trained nothing keeps its timing
 
 
 def evaluate_post_training(planned: Sequence[PlannedRun], config: ml_collections.ConfigDict,
@@ -269,8 +265,7 @@ def _post_training_records(run: PlannedRun, method: methods_lib.Method,
     elif isinstance(child, methods_lib.Merges):
       merged = checkpoint.read_json(workdir_lib.merges_file(run_dir)) or {}
       out += [tuning.Record(run.method, name, int(h), run.peak_value, run.seed, v)
-              for name, by_h in merged.get("losses", merged).items()  # older files: losses only
-              if name != "windows" for h, v in by_h.items()]
+              for name, by_h in merged.get("losses", {}).items() for h, v in by_h.items()]
   return out
 
 
@@ -281,8 +276,7 @@ def _manifest(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return dict(suite=config.suite.to_dict(), base=json.loads(config.base.to_json_best_effort()))
 
 
-def _choice_keys(methods: Sequence[methods_lib.Method], s
-                 ) -> dict[str, tuple[str, ...]]:
+def _choice_keys(methods: Sequence[methods_lib.Method]) -> dict[str, tuple[str, ...]]:
   return dict(families=tuple(m.name for m in methods if m.family),
               per_horizon=tuple(m.name for m in methods if m.per_horizon))
 
@@ -315,9 +309,10 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _tuning_rounds(config, root, methods, tuning_seeds, *, train: bool = True):
-  """Tuning rounds until no best LR sits on an extendable edge; returns (planned, records)."""
+  """Tuning rounds until no best LR sits on an extendable edge; returns (planned, records,
+  units submitted)."""
   s = config.suite
-  keys = _choice_keys(methods, s)
+  keys = _choice_keys(methods)
   lrs: dict[tuple[str, int | None], set[float]] = {}
   for method in methods_lib.trained(methods):
     for h in (horizons(s) if method.per_horizon else [None]):
@@ -325,12 +320,13 @@ def _tuning_rounds(config, root, methods, tuning_seeds, *, train: bool = True):
   by_name = methods_lib.by_name(methods)
   grids = {m.name: initial_grid(s, methods_lib.run_method(by_name, m.name).name)
            for m in methods if not isinstance(m, methods_lib.PostTraining)}
+  submitted = 0
   for round_ in range(s.max_extensions + 1):
     planned = plan.plan_runs(config, root, methods, {k: sorted(v) for k, v in lrs.items()},
                              tuning_seeds)
     if not train:
-      return planned, []
-    train_phase(planned, config, root, f"tuning-{round_ + 1}")
+      return planned, [], 0
+    submitted += train_phase(planned, config, root, f"tuning-{round_ + 1}")
     evaluate_post_training(planned, config, methods)
     records, _, _ = records_of(planned, config, methods)
     extensions = tuning.planned_extensions(
@@ -342,7 +338,7 @@ def _tuning_rounds(config, root, methods, tuning_seeds, *, train: bool = True):
       break
     for key, values in new.items():
       lrs.setdefault(key, set()).update(values)
-  return planned, records
+  return planned, records, submitted
 
 
 def _by_run(extensions: Mapping[tuple[str, int | None], Sequence[float]],
@@ -360,7 +356,7 @@ def _chosen(records, methods, tuning_seeds, s
             ) -> tuple[dict[tuple[str, int | None], set[float]], set[tuple[str, int, float]]]:
   """The chosen runs ``{(run method, horizon or None): LRs}`` and decay branches
   ``{(branch method, horizon, LR)}`` of every column."""
-  keys = _choice_keys(methods, s)
+  keys = _choice_keys(methods)
   by_name = methods_lib.by_name(methods)
   choices = tuning.choose_all(records, tuning_seeds=tuning_seeds,
                               per_horizon_methods=keys["per_horizon"])
@@ -383,20 +379,18 @@ def _run(config: ml_collections.ConfigDict, root: epath.Path,
   logging.getLogger("absl").setLevel(logging.WARNING)
   paths = workdir_lib.SuitePaths(root)
   started = time.perf_counter()
-  _SUBMITTED[0] = 0
   tuning_seeds, first, second = seed_plan(s)
-  planned, records = _tuning_rounds(config, root, methods, tuning_seeds)
+  planned, records, submitted = _tuning_rounds(config, root, methods, tuning_seeds)
   chosen, chosen_branches = _chosen(records, methods, tuning_seeds, s)
   reporting = plan.plan_runs(config, root, methods, {k: sorted(v) for k, v in chosen.items()},
                              first, windows=True, branches=chosen_branches)
-  train_phase(reporting, config, root, "seeds")
+  submitted += train_phase(reporting, config, root, "seeds")
   evaluate_post_training(reporting, config, methods)
   planned = list(planned) + reporting
   stages = verdict.Stages(tuple(first), (), 2 if second else 1)
   second_runs: list[PlannedRun] = []
   if second:
-    _store_records(paths, planned, config, methods, stages, 0, started)
-    started = time.perf_counter()  # counted once
+    _store_records(paths, planned, config, methods, stages, 0)
     report = build_report(root)
     wanted: dict[tuple[str, int | None], set[float]] = {}
     wanted_branches: set[tuple[str, int, float]] = set()
@@ -412,20 +406,19 @@ def _run(config: ml_collections.ConfigDict, root: epath.Path,
       second_runs = plan.plan_runs(config, root, methods,
                                    {k: sorted(v) for k, v in wanted.items()}, second,
                                    windows=True, branches=wanted_branches)
-      train_phase(second_runs, config, root, "second-stage")
+      submitted += train_phase(second_runs, config, root, "second-stage")
       evaluate_post_training(second_runs, config, methods)
     stages = verdict.Stages(tuple(first), tuple(second) if second_runs else (), 2)
-  _store_records(paths, planned + second_runs, config, methods, stages, len(second_runs),
-                 started)
-
-
-def _store_records(paths, planned, config, methods, stages, second_stage_runs, started):
-  records, windows, counts = records_of(planned, config, methods)
   timing = checkpoint.read_json(paths.timing)
-  if timing is None or _SUBMITTED[0]:  # wall time of the invocations that trained something
+  if timing is None or submitted:  # the wall time of the invocations that trained something
     timing = timing or {"seconds": 0.0}
     timing["seconds"] += time.perf_counter() - started
     checkpoint.write_json(paths.timing, timing)
+  _store_records(paths, planned + second_runs, config, methods, stages, len(second_runs))
+
+
+def _store_records(paths, planned, config, methods, stages, second_stage_runs):
+  records, windows, counts = records_of(planned, config, methods)
   primary = tuning.Column(*config.suite.primary)
   checkpoint.write_json(paths.records, dict(
       records=[r._asdict() for r in records],
@@ -440,7 +433,7 @@ def _anytime_curve(planned, records, config, methods, primary) -> dict[str, list
   """The primary method's run on the (first) tuning seed at its chosen LR: every evaluation."""
   s = config.suite
   tuning_seeds = sorted(set(s.tuning_seeds))
-  keys = _choice_keys(methods, s)
+  keys = _choice_keys(methods)
   choices = tuning.choose_all(records, tuning_seeds=tuning_seeds,
                               per_horizon_methods=keys["per_horizon"])
   if primary not in choices:
@@ -467,7 +460,7 @@ def dry_run_text(config: ml_collections.ConfigDict, root: epath.Path,
   s = config.suite
   tuning_seeds, first, second = seed_plan(s)
   params = plan.non_embedding_params(config, _vocab_size(config, root))
-  round1, _ = _tuning_rounds(config, root, methods, tuning_seeds, train=False)
+  round1, _, _ = _tuning_rounds(config, root, methods, tuning_seeds, train=False)
   mains, branch_runs = plan.parents_first(round1)
   units = plan.units(mains, config, root, "tuning-1")
   round_cost = plan.cost([p.spec for p in round1], config, params)
@@ -541,7 +534,7 @@ def build_report(root: str | epath.Path) -> verdict.Report:
   config, stored = _stored_config(root)
   base, s = config.base, config.suite
   methods = methods_lib.active(s)
-  keys = _choice_keys(methods, s)
+  keys = _choice_keys(methods)
   tokenizer = data_lib.build_tokenizer(base.data, str(root))
   model = base.model.to_dict()
   model["vocab_size"] = model["vocab_size"] or tokenizer.padded_vocab_size(

@@ -47,9 +47,6 @@ class Unit:
   sharded: bool  # one run sharded over its mesh (else one batched group)
   resources: Mapping[str, float]
 
-  def steps(self) -> int:
-    return sum(s.end_step - s.start_step for s in self.specs)
-
 
 def run_config(config: ml_collections.ConfigDict, method: methods_lib.Method, lr: float,
                seed: int, horizon: int) -> ml_collections.ConfigDict:
@@ -237,7 +234,3 @@ def describe_units(units_: Sequence[Unit], config: ml_collections.ConfigDict, pa
 def parents_first(planned: Sequence[PlannedRun]) -> tuple[list[PlannedRun], list[PlannedRun]]:
   """(main runs, decay branches): branches train in a later phase than their parents."""
   return ([p for p in planned if p.parent is None], [p for p in planned if p.parent is not None])
-
-
-def finished_all(planned: Sequence[PlannedRun]) -> bool:
-  return all(batched.finished(p.spec) for p in planned)

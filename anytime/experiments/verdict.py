@@ -48,7 +48,6 @@ from anytime.experiments.stats import Summary
 from anytime.experiments.tuning import Choice, Column, Curve, Record
 
 from anytime.experiments.report_text import CHINCHILLA_TOKENS_PER_PARAM  # noqa: E402
-DEFAULT_PRIMARY = Column("constant", "ema_25")
 WindowKey = tuple[str, str, int, float, int]  # (method, candidate, horizon, peak_value, seed)
 
 
@@ -239,7 +238,7 @@ def build_report(records: Sequence[Record], facts: SuiteFacts, *,
                  window_tokens: np.ndarray | None = None,
                  window_documents: np.ndarray | None = None,
                  margin: float = 0.01, alpha: float = 0.05,
-                 primary: Column | None = DEFAULT_PRIMARY,
+                 primary: Column | None = None,
                  multiplicity: str = "holm",
                  stages: Stages | None = None,
                  oracle_columns: Collection[Column] = (),

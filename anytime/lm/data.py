@@ -427,6 +427,24 @@ def make_train_iterator(
   return iter(loader)
 
 
+def _eval_windows(config, tokenizer, seq_len, batch_size, num_batches, process_index,
+                  process_count, streams):
+  """The checked arguments of the validation windows: (stream, window length, rows per
+  process, each batch's window indices for this process)."""
+  validate_config(config)
+  seq_len = _check_int("seq_len", seq_len, 1)
+  batch_size = _check_int("batch_size", batch_size, 1)
+  num_batches = _check_int("num_batches", num_batches, 0)
+  _check_process(process_index, process_count)
+  if batch_size % process_count:
+    raise ValueError(f"batch_size={batch_size} must be divisible by process_count="
+                     f"{process_count}")
+  stream = _load_stream(config, tokenizer, "validation", streams)
+  window, local = seq_len + 1, batch_size // process_count
+  return stream, window, local, list(
+      _eval_rows(len(stream), window, batch_size, num_batches, process_index, local))
+
+
 def make_eval_batches(
     config: ml_collections.ConfigDict,
     tokenizer: tokenizer_lib.Tokenizer,
@@ -447,19 +465,10 @@ def make_eval_batches(
   ``batch_size`` is global; process ``p`` gets rows ``[p*B/P, (p+1)*B/P)`` of every batch.
   ``streams``: see ``StreamCache``.
   """
-  validate_config(config)
-  seq_len = _check_int("seq_len", seq_len, 1)
-  batch_size = _check_int("batch_size", batch_size, 1)
-  num_batches = _check_int("num_batches", num_batches, 0)
-  _check_process(process_index, process_count)
-  if batch_size % process_count:
-    raise ValueError(f"batch_size={batch_size} must be divisible by process_count="
-                     f"{process_count}")
-  stream = _load_stream(config, tokenizer, "validation", streams)
-  window = seq_len + 1
-  local = batch_size // process_count
+  stream, window, local, rows_per_batch = _eval_windows(
+      config, tokenizer, seq_len, batch_size, num_batches, process_index, process_count, streams)
   batches = []
-  for rows in _eval_rows(len(stream), window, batch_size, num_batches, process_index, local):
+  for rows in rows_per_batch:
     tokens = np.full((local, window), tokenizer.eos_id, np.int32)
     real = np.zeros((local, window), np.float32)
     for r, w in enumerate(rows):
@@ -502,22 +511,13 @@ def eval_window_documents(
   These are the clusters of the evaluation set's clustered standard error
   (``anytime.experiments.stats.cluster_se``).
   """
-  validate_config(config)
-  seq_len = _check_int("seq_len", seq_len, 1)
-  batch_size = _check_int("batch_size", batch_size, 1)
-  num_batches = _check_int("num_batches", num_batches, 0)
-  _check_process(process_index, process_count)
-  if batch_size % process_count:
-    raise ValueError(f"batch_size={batch_size} must be divisible by process_count="
-                     f"{process_count}")
-  stream = _load_stream(config, tokenizer, "validation", streams)
+  stream, window, local, rows_per_batch = _eval_windows(
+      config, tokenizer, seq_len, batch_size, num_batches, process_index, process_count, streams)
   tokens = np.asarray(stream.read(0, len(stream)))
   is_eos = tokens == tokenizer.eos_id
   document = np.concatenate([[0], np.cumsum(is_eos)[:-1]])  # EOS tokens before each token
-  window = seq_len + 1
-  local = batch_size // process_count
   out = []
-  for rows in _eval_rows(len(stream), window, batch_size, num_batches, process_index, local):
+  for rows in rows_per_batch:
     for w in rows:
       targets = document[w * window + 1:(w + 1) * window]  # the window's targets' documents
       if targets.size == 0:
