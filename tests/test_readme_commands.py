@@ -135,15 +135,21 @@ def adapt(command: str, workdir: Path, extra: list[str] = ()) -> list[str]:
   command = command.replace("[", "").replace("]", "") if "'[" not in command else command
   argv = []
   for token in shlex.split(command):
-    token = token.replace("DIR", str(workdir))
-    for readme, tiny in STEPS.items():
+    for readme, tiny in STEPS.items():  # before DIR: a path may hold digits (pytest-50)
       token = re.sub(rf"(?<![\d.]){readme}(?![\d.])", tiny, token)
-    argv.append(token)
+    argv.append(token.replace("DIR", str(workdir)))
   if argv and argv[0] == "...":
     argv[:1] = ["python", "-m", "anytime.main"]
   if argv and argv[0] in ("python", "python3"):
     argv[0] = sys.executable
   return [a for a in argv if a != "..."] + list(extra)
+
+
+def test_adapt_leaves_digits_of_the_workdir_alone(tmp_path: Path):
+  """README step numbers are scaled in the command, never in the path that replaces DIR."""
+  workdir = tmp_path / "pytest-50" / "run_2000"
+  argv = adapt("python -m anytime.main branch --workdir DIR --from-step 400", workdir)
+  assert argv[-3:] == [str(workdir), "--from-step", "20"]
 
 
 def run(argv: list[str], timeout: float = 300) -> str:
