@@ -5,8 +5,9 @@
 
 Byte-level 2-layer d=48 transformer (68.3k non-embedding parameters) on the same text, the same
 protocol and 3 seeds. Base horizon T = 1360 steps of 16 x 64 tokens = 1.39M tokens = 20.4
-tokens per non-embedding parameter; horizons 1x, 2x, 4x. About two hours on a 2-core CPU; the
-command resumes where it stopped.
+tokens per non-embedding parameter; horizons 1x, 2x, 4x. About 3x the compute of
+compare_shared_corpus.py (1.7x the parameters for 1.7x the steps); not re-run under the current
+protocol, so the README has no table for it. The command resumes where it stopped.
 """
 
 from configs import compare_shared_corpus
