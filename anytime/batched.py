@@ -119,7 +119,9 @@ class StackedProgram:
     # Each run's raw params and averages (and Schedule-Free's point), stacked like the states.
     # The post-hoc tracking EMAs are read from their snapshots, not evaluated along the way.
     tracking = set(config_lib.posthoc_tracking(template.config))
-    self._init = parallel.jit_over_copies(template.init_fn)
+    # One member's init, stacked: one program for every group size (compiled once per model,
+    # then loaded), and each member starts exactly as a single run with its seed does.
+    self._init = parallel.jit_cpu_safe(template.init_fn)
     self._step = parallel.jit_over_copies(template.step_fn, donate_argnums=0, **placed)
     stepwise = jax.sharding.NamedSharding(self.sharding.mesh,
                                           jax.sharding.PartitionSpec(None, "runs"))
@@ -128,7 +130,7 @@ class StackedProgram:
     self._steps = parallel.jit_steps_over_copies(
         template.step_fn, donate_argnums=0, in_shardings=(self.sharding, stepwise, stepwise),
         out_shardings=(self.sharding, stepwise))
-    self._eval = parallel.jit_over_copies(template.eval_fn, in_axes=(0, None))
+    self._eval = parallel.jit_over_copies(_in_pieces(template.eval_fn), in_axes=(0, None))
     self._candidates = parallel.jit_over_copies(
         lambda state: {name: params for name, params in
                        averaging.eval_params(state.opt_state, state.params).items()
@@ -139,8 +141,7 @@ class StackedProgram:
     return self.template.abstract_state
 
   def init(self, members: Sequence[loop.Member]):
-    seeds = np.array([m.config.seed for m in members], np.uint32)
-    return self._init(seeds)
+    return self.assemble([self._init(np.uint32(m.config.seed)) for m in members])
 
   def assemble(self, states):
     return jax.device_put(_stack(states), self.sharding)
@@ -175,6 +176,27 @@ class StackedProgram:
 
   def flops_per_token(self) -> float:
     return self.template.flops_per_token
+
+
+EVAL_PIECE = 32  # windows per evaluation pass at most (see _in_pieces)
+
+
+def _in_pieces(eval_fn: Callable) -> Callable:
+  """``eval_fn`` over an evaluation batch as a ``lax.map`` over pieces of at most
+  ``EVAL_PIECE`` windows (the largest divisor of the batch that fits): the same per-window
+  sums (to float32 rounding), with activations small enough to stay in the CPU's caches (a
+  batch of 128 windows took 20% longer in one pass than in pieces of 16-64, measured)."""
+
+  def fn(params, batch):
+    size = batch["inputs"].shape[0]
+    piece = max(d for d in range(1, min(size, EVAL_PIECE) + 1) if size % d == 0)
+    if piece == size:
+      return eval_fn(params, batch)
+    pieces = jax.tree.map(lambda x: x.reshape(size // piece, piece, *x.shape[1:]), batch)
+    sums, counts = jax.lax.map(lambda b: eval_fn(params, b), pieces)
+    return sums.reshape(size), counts.reshape(size)
+
+  return fn
 
 
 _PROGRAMS: dict[tuple, StackedProgram] = {}

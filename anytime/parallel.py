@@ -206,10 +206,15 @@ def to_host(tree):
 _CPU_SAFE_COMPILER_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 
 
+def jit_cpu_safe(fn: Callable, **jit_kwargs) -> Callable:
+  """``jax.jit(fn, **jit_kwargs)`` with the CPU compiler's workaround of ``jit_over_copies``."""
+  options = dict(_CPU_SAFE_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
+  return jax.jit(fn, compiler_options=options, **jit_kwargs)
+
+
 def jit_over_copies(fn: Callable, *, in_axes: Any = 0, **jit_kwargs) -> Callable:
   """``jax.jit(jax.vmap(fn, in_axes), **jit_kwargs)``, correct on CPU for any number of copies."""
-  options = dict(_CPU_SAFE_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
-  return jax.jit(jax.vmap(fn, in_axes=in_axes), compiler_options=options, **jit_kwargs)
+  return jit_cpu_safe(jax.vmap(fn, in_axes=in_axes), **jit_kwargs)
 
 
 @contextlib.contextmanager
@@ -295,5 +300,4 @@ def jit_steps_over_copies(step_fn: Callable, **jit_kwargs) -> Callable:
   """``scan_steps`` of ``step_fn`` vmapped over copies, jitted like ``jit_over_copies`` (its
   CPU workaround included): ``fn(states, batches, lrs)`` with ``batches`` ``[k, copies, ...]``
   and ``lrs`` ``[k, copies]``; metrics come back ``[k, copies]``."""
-  options = dict(_CPU_SAFE_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
-  return jax.jit(scan_steps(jax.vmap(step_fn)), compiler_options=options, **jit_kwargs)
+  return jit_cpu_safe(scan_steps(jax.vmap(step_fn)), **jit_kwargs)

@@ -417,13 +417,17 @@ def make_train_iterator(
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard_options, shuffle=True, num_epochs=None,
       seed=_combined_seed(config.shuffle_seed, seed))
-  threads = 1 if isinstance(stream, _MemoryStream) else 8
+  # An in-memory stream is read in the calling thread: a prefetch thread has no I/O to hide
+  # there, and its buffer costs the host a scan of every pending read per record (half the
+  # host's time per batch, measured). Files are read ahead by 8 threads. Same order either way.
+  in_memory = isinstance(stream, _MemoryStream)
+  read_options = (grain.ReadOptions(num_threads=0, prefetch_buffer_size=0) if in_memory else
+                  grain.ReadOptions(num_threads=8, prefetch_buffer_size=256))
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
       operations=[grain.transforms.Batch(global_batch_size // process_count,
                                          drop_remainder=True)],
-      worker_count=config.worker_count, shard_options=shard_options,
-      read_options=grain.ReadOptions(num_threads=threads, prefetch_buffer_size=256))
+      worker_count=config.worker_count, shard_options=shard_options, read_options=read_options)
   return iter(loader)
 
 
