@@ -1,6 +1,6 @@
 """The quickstart model's train step beside this CPU's limit: GFLOP/s vs the rate of its own matmuls.
 
-    python benchmarks/step_roofline.py [--runs 1,6] [--rounds 7] [--k 8] [--profile]
+    python benchmarks/step_roofline.py [--runs 1,6] [--rounds 7] [--k 8,25] [--profile]
                                        [--bf16-loss-steps 400]
 
 The step is the one the suite trains (configs/compare_tiny.py: 2 layers, d = 64, byte vocab,
@@ -202,12 +202,14 @@ class Variant:
     return self.fn.lower(self.state, self.batch, self.lrs).compile()
 
   def advance(self, steps: int, record: bool = True) -> None:
+    """At least ``steps`` steps, in whole dispatches of k; records seconds per step."""
+    dispatches = -(-steps // self.k)
     start = time.perf_counter()
-    for _ in range(steps // self.k):
+    for _ in range(dispatches):
       self.state, metrics = self.fn(self.state, self.batch, self.lrs)
     jax.block_until_ready(metrics)
     if record:
-      self.seconds.append((time.perf_counter() - start) / steps)
+      self.seconds.append((time.perf_counter() - start) / (dispatches * self.k))
 
   @property
   def ms_per_run_step(self) -> float:
@@ -273,12 +275,17 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--runs", default="1,6", help="numbers of runs R in one vmapped step")
   parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
-  parser.add_argument("--k", type=int, default=8, help="steps per dispatch of the scan variant")
+  parser.add_argument("--k", default="8,25",
+                      help="steps per dispatch of the scan variants (comma-separated; the suite "
+                           "uses the largest k <= loop.MAX_STEPS_PER_DISPATCH dividing its "
+                           "cadences: 25 for the quickstart, 20 for the real-text suite)")
   parser.add_argument("--profile", action="store_true", help="per-op breakdown of each R")
   parser.add_argument("--bf16-loss-steps", type=int, default=0,
                       help="also train this many steps with f32 vs bf16 matmuls (0 = skip)")
   parser.add_argument("--bf16-loss-seeds", type=int, default=4)
   args = parser.parse_args()
+  ks = [int(k) for k in args.k.split(",")]
+  steps_per_round = max(ks)
   old, new = _template("autodiff"), _template("narrow")
   bf16 = _template("narrow", "bfloat16")
   one = next(new.make_train_iterator())
@@ -294,17 +301,17 @@ def main():
         f"new ({devices} dev)": Variant(new, one, count, devices=devices),
         "new, 1 device": Variant(new, one, count, devices=1),
         f"new, ynn on ({devices} dev)": Variant(new, one, count, devices=devices, ynn_off=False),
-        f"new, scan k={args.k} ({devices} dev)": Variant(new, one, count, devices=devices,
-                                                         k=args.k),
-        f"new, bf16 matmuls, scan k={args.k}": Variant(bf16, one, count, devices=devices,
-                                                       k=args.k),
+        **{f"new, scan k={k} ({devices} dev)": Variant(new, one, count, devices=devices, k=k)
+           for k in ks},
+        f"new, bf16 matmuls, scan k={ks[0]}": Variant(bf16, one, count, devices=devices,
+                                                      k=ks[0]),
     }
     single = variants["old, 1 device"].compiled()
     gflop = _flops(single) / 1e9
     dot_gflop, rate = matmul_rate(program_dots(single.as_text()), jax.devices()[0])
     for _ in range(args.rounds):
       for variant in variants.values():
-        variant.advance(args.k)
+        variant.advance(steps_per_round)
     print(f"\nR = {count}: {gflop:.3f} GFLOP per step (XLA cost analysis), {dot_gflop:.3f} of "
           f"them in matmuls; the step's own matmuls alone: {rate:.0f} GFLOP/s")
     base = variants[today].ms_per_run_step
@@ -317,7 +324,7 @@ def main():
       profile(variants["old, 1 device"])
       profile(variants["new, 1 device"])
   if args.bf16_loss_steps:
-    bf16_loss_effect(args.bf16_loss_steps, args.bf16_loss_seeds, args.k)
+    bf16_loss_effect(args.bf16_loss_steps, args.bf16_loss_seeds, ks[0])
 
 
 if __name__ == "__main__":

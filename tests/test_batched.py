@@ -287,3 +287,19 @@ def test_k_steps_per_dispatch_equal_single_steps(tmp_path):
     assert evals(a.directory) == evals(b.directory)
     losses = lambda d: {r["step"]: r["loss"] for r in loop.read_metrics(d) if "grad_norm" in r}
     assert losses(a.directory).items() <= losses(b.directory).items()
+
+
+def test_chunk_size_follows_cadences_branch_starts_and_the_end():
+  """k divides every cadence, the end and a branch's start: the quickstart's cadences of 100
+  give k = 25; its decay branches from steps 80/160/320 to 100/200/400 give k = 20 from their
+  first step (no single-step program); a program without a k-step form gets 1."""
+  from types import SimpleNamespace  # pylint: disable=g-import-not-at-top
+  train = SimpleNamespace(eval_every=100, checkpoint_every=100, log_every=100, snapshot_every=0)
+  member = lambda end, start=None: SimpleNamespace(config=SimpleNamespace(train=train),
+                                                   end_step=end, start=start)
+  stepping = SimpleNamespace(steps=None)
+  assert loop._chunk_size(stepping, [member(400)]) == 25  # pylint: disable=protected-access
+  for start, end in ((80, 100), (160, 200), (320, 400)):
+    assert loop._chunk_size(stepping, [member(end, ("main", start))] * 2) == 20  # pylint: disable=protected-access
+  assert loop._chunk_size(stepping, [member(96)]) == 4  # pylint: disable=protected-access
+  assert loop._chunk_size(SimpleNamespace(), [member(400)]) == 1  # pylint: disable=protected-access
