@@ -41,6 +41,7 @@ from etils import epath
 
 from anytime import averaging, checkpoint, loop, parallel, schedules
 from anytime import config as config_lib
+from anytime import program as program_lib
 from anytime.lm import data as data_lib
 
 # Keys that may differ between the runs of one group (everything else is the shared program).
@@ -130,7 +131,8 @@ class StackedProgram:
     self._steps = parallel.jit_steps_over_copies(
         template.step_fn, donate_argnums=0, in_shardings=(self.sharding, stepwise, stepwise),
         out_shardings=(self.sharding, stepwise))
-    self._eval = parallel.jit_over_copies(_in_pieces(template.eval_fn), in_axes=(0, None))
+    self._eval = parallel.jit_over_copies(program_lib.in_pieces(template.eval_fn),
+                                         in_axes=(0, None))
     self._candidates = parallel.jit_over_copies(
         lambda state: {name: params for name, params in
                        averaging.eval_params(state.opt_state, state.params).items()
@@ -176,27 +178,6 @@ class StackedProgram:
 
   def flops_per_token(self) -> float:
     return self.template.flops_per_token
-
-
-EVAL_PIECE = 32  # windows per evaluation pass at most (see _in_pieces)
-
-
-def _in_pieces(eval_fn: Callable) -> Callable:
-  """``eval_fn`` over an evaluation batch as a ``lax.map`` over pieces of at most
-  ``EVAL_PIECE`` windows (the largest divisor of the batch that fits): the same per-window
-  sums (to float32 rounding), with activations small enough to stay in the CPU's caches (a
-  batch of 128 windows took 20% longer in one pass than in pieces of 16-64, measured)."""
-
-  def fn(params, batch):
-    size = batch["inputs"].shape[0]
-    piece = max(d for d in range(1, min(size, EVAL_PIECE) + 1) if size % d == 0)
-    if piece == size:
-      return eval_fn(params, batch)
-    pieces = jax.tree.map(lambda x: x.reshape(size // piece, piece, *x.shape[1:]), batch)
-    sums, counts = jax.lax.map(lambda b: eval_fn(params, b), pieces)
-    return sums.reshape(size), counts.reshape(size)
-
-  return fn
 
 
 _PROGRAMS: dict[tuple, StackedProgram] = {}

@@ -9,7 +9,7 @@ On the quickstart's config (configs/compare_tiny.py), one invocation prints:
   hands out) and the way ``data.make_train_iterator`` now reads an in-memory stream (in the
   calling thread, no buffer); the batches are checked to be the same;
 * the evaluation: a group of 3 runs on the config's 8 batches of 128 windows, one pass per
-  batch (previous) vs ``batched._in_pieces`` (a ``lax.map`` over pieces of at most 32 windows);
+  batch (previous) vs ``program.in_pieces`` (a ``lax.map`` over pieces of at most 32 windows);
   the per-window sums are checked to be equal.
 
 The machine may be shared: only the side-by-side ratios of one invocation mean anything.
@@ -36,6 +36,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from anytime import batched, loop  # noqa: E402
+from anytime import program as program_lib  # noqa: E402
 from anytime.lm import data as data_lib  # noqa: E402
 from configs import compare_tiny  # noqa: E402
 
@@ -87,7 +88,7 @@ def eval_costs(config, rounds: int) -> None:
   params = program._candidates(program.init(members))["raw"]  # pylint: disable=protected-access
   variants = {"previous: one pass per batch of 128": parallel.jit_over_copies(
                   run.eval_fn, in_axes=(0, None)),
-              f"now: pieces of <= {batched.EVAL_PIECE} windows": program._eval}  # pylint: disable=protected-access
+              f"now: pieces of <= {program_lib.EVAL_PIECE} windows": program._eval}  # pylint: disable=protected-access
   outputs = {name: [fn(params, b) for b in program.eval_batches]
              for name, fn in variants.items()}
   first, second = outputs.values()
