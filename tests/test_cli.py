@@ -23,6 +23,13 @@ from anytime import cli
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _sigint_default() -> None:
+  """In the child before exec: SIGINT back to its default, so Python turns it into
+  KeyboardInterrupt even when the test runner was started in the background (a non-interactive
+  shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT)."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _env(**extra: str) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
   env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
@@ -103,7 +110,8 @@ cli.run(main)
 def test_ctrl_c_ends_in_one_line_and_status_130(where: str):
   """Inside the command (its finally blocks run first) or while the interpreter shuts down."""
   result = subprocess.run([sys.executable, "-c", _FAKE.format(where=where)], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=120, check=False)
+                          env=_env(), capture_output=True, text=True, timeout=120, check=False,
+                          preexec_fn=_sigint_default)
   assert result.returncode == 130, result.stderr
   assert "Traceback" not in result.stderr, result.stderr
   lines = result.stderr.splitlines()
@@ -114,7 +122,7 @@ def test_ctrl_c_ends_in_one_line_and_status_130(where: str):
 def test_ctrl_c_shows_the_traceback_with_anytime_traceback():
   result = subprocess.run([sys.executable, "-c", _FAKE.format(where="main")], cwd=REPO,
                           env=_env(ANYTIME_TRACEBACK="1"), capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, preexec_fn=_sigint_default)
   assert result.returncode != 0 and "KeyboardInterrupt" in result.stderr, result.stderr
   assert cli.INTERRUPTED not in result.stderr
 
@@ -132,7 +140,7 @@ def test_ctrl_c_while_the_config_file_loads(tmp_path: Path):
   process = subprocess.Popen(
       [sys.executable, "-m", "anytime.main", "compare", "--config", str(config), "--workdir",
        str(tmp_path / "w")], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+      stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
   try:
     deadline = time.monotonic() + 120
     assert process.stdout.readline().strip() == "loading" and time.monotonic() < deadline

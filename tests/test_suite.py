@@ -416,3 +416,34 @@ def test_workdir_of_a_different_suite_is_refused_untouched(suite, monkeypatch, t
     compare.run_suite(suite_config(lr_points=3), str(workdir))
   assert "\n" not in str(error.value) and str(workdir) in str(error.value)
   assert file_bytes(workdir.rglob("*")) == before and calls == []
+
+
+def test_second_stage_trains_more_seeds_for_undecided_cells_only(tmp_path):
+  """seeds=2, max_seeds=3: after look 1, every undecided cell's configuration (and its
+  envelope's) is trained on seed 3, nothing else is; the report holds those cells at look 2
+  with 3 seeds and the level split between the looks; a re-run trains nothing."""
+  config = suite_config(multipliers=[1], methods=["constant"], baselines=["cosine"],
+                        max_extensions=0, seeds=2, max_seeds=3, wsd_variants=[],
+                        posthoc_sigma_rels=[], merge_last=[])
+  report = compare.run_suite(config, str(tmp_path))
+  stored = json.loads((tmp_path / "records.json").read_text())
+  assert stored["stages"] == dict(first=[1, 2], second=[3], looks=2)
+  names = {p.name for p in (tmp_path / "runs").iterdir()}
+  third = {n for n in names if n.endswith("_s3")}
+  cells = [c for c in report.cells if c.role in ("primary", "secondary")]
+  # A cell undecided at look 1 gets seed 3 and its verdict at look 2 (3 seeds); a decided one
+  # keeps look 1 (2 seeds). The level is alpha / 2 at both looks (planned before the data).
+  looked_twice = [c for c in cells if c.look == 2]
+  assert stored["second_stage_runs"] == len(third) > 0
+  assert looked_twice, "a 4-step tiny suite leaves cells undecided at look 1"
+  for c in cells:
+    assert c.level == pytest.approx(config.suite.alpha / 2)
+    if c.look == 2:
+      assert c.seeds == (1, 2, 3)
+    else:
+      assert c.seeds == (1, 2) and c.verdict != "undecided"
+  assert {n.rsplit("_s", 1)[0] for n in third} <= {n.rsplit("_s", 1)[0] for n in names
+                                                      if n.endswith("_s1")}
+  before = file_bytes((tmp_path / "runs").rglob("metrics.jsonl"))
+  compare.run_suite(config, str(tmp_path))
+  assert file_bytes((tmp_path / "runs").rglob("metrics.jsonl")) == before
