@@ -61,33 +61,32 @@ class _KeepSteps(ocp.checkpoint_managers.PreservationPolicy):
     return [c.step in self.steps for c in checkpoints]
 
 
-class _ReadOnlyNotices(logging.Filter):
-  """Orbax announces every read-only manager with two warnings; reading is no problem."""
+class _Notices(logging.Filter):
+  """Drops absl log records whose message contains any of ``fragments``."""
+
+  def __init__(self, fragments: tuple[str, ...]):
+    super().__init__()
+    self.fragments = fragments
 
   def filter(self, record: logging.LogRecord) -> bool:
     message = record.getMessage()
-    return not message.startswith(("CheckpointManagerOptions.read_only=True",
-                                   "Given directory is read only"))
-
-
-class _MetadataNotices(logging.Filter):
-  """Reading a checkpoint's tree metadata without its handlers makes Orbax warn, per item, that
-  the item "could not be restored"; the metadata is all we read there."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "was found in the checkpoint, but could not be restored" not in record.getMessage()
+    return not any(f in message for f in self.fragments)
 
 
 @contextlib.contextmanager
-def quiet_read_only_notices():
-  """Drops Orbax's read-only notices while a read-only ``CheckpointManager`` is created."""
-  logger = logging.getLogger("absl")
-  notices = _ReadOnlyNotices()
+def _quiet(*fragments: str):
+  logger, notices = logging.getLogger("absl"), _Notices(fragments)
   logger.addFilter(notices)
   try:
     yield
   finally:
     logger.removeFilter(notices)
+
+
+def quiet_read_only_notices():
+  """Drops Orbax's read-only notices (two warnings per read-only ``CheckpointManager``;
+  reading is no problem) while one is created."""
+  return _quiet("CheckpointManagerOptions.read_only=True", "Given directory is read only")
 
 
 class CheckpointStore:
@@ -191,14 +190,13 @@ class CheckpointStore:
 
   def _saved_tree(self, step: int) -> Any:
     """The tree metadata of the checkpoint's train state (None when unreadable)."""
-    logger, notices = logging.getLogger("absl"), _MetadataNotices()
-    logger.addFilter(notices)
+    # Reading the tree metadata without the items' handlers makes Orbax warn, per item, that
+    # it "could not be restored"; the metadata is all that is read here.
     try:
-      metadata = self.manager.item_metadata(step)["state"]
+      with _quiet("was found in the checkpoint, but could not be restored"):
+        metadata = self.manager.item_metadata(step)["state"]
     except Exception:  # pylint: disable=broad-except
       return None
-    finally:
-      logger.removeFilter(notices)
     return getattr(metadata, "tree", metadata)
 
   def restore_latest_intact(self, abstract_state: Any, data_iterator_factory=None,

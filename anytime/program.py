@@ -67,7 +67,7 @@ def in_pieces(eval_fn: Callable) -> Callable:
   """``eval_fn`` over an evaluation batch as a ``lax.map`` over pieces of at most
   ``EVAL_PIECE`` windows (the largest divisor of the batch that fits): the same per-window
   sums (equal bitwise on this CPU), with activations small enough to stay in the CPU's caches
-  (the quickstart's batches of 128 windows: 1.45-1.6x faster, ``benchmarks/group_host.py``)."""
+  (the quickstart's batches of 128 windows: 1.41x faster, ``benchmarks/group_host.py``)."""
 
   def fn(params, batch):
     size = batch["inputs"].shape[0]

@@ -11,7 +11,7 @@ bytes; validation = 4 held-back plays and 6 held-back books). Base horizon T = 8
 The quickstart's tuning protocol (√2-spaced LR grid extended at its edges; baselines tuned per
 horizon, anytime methods with one LR for all horizons; every choice made on tuning seed 0,
 reported on fresh seeds 1-3). Evaluation: 48 batches of 128 windows (393k validation tokens,
-about half of the held-back text, thousands of blank-line documents), so that the evaluation
+about half of the held-back text, from 2,048 blank-line documents), so that the evaluation
 set's document-clustered error of a delta stays at about half its seed standard error or
 below (the report prints both). The README gives the measured time; the command resumes where
 it stopped. ``compare_shared_corpus_68k.py`` is the same suite at 1.7x the parameters.

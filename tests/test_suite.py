@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from anytime import batched, checkpoint, loop, naming
-from anytime.experiments import compare, methods, tuning
+from anytime.experiments import compare, methods, plan, tuning
 
 import _tiny
 
@@ -442,8 +442,12 @@ def test_second_stage_trains_more_seeds_for_undecided_cells_only(tmp_path):
       assert c.seeds == (1, 2, 3)
     else:
       assert c.seeds == (1, 2) and c.verdict != "undecided"
-  assert {n.rsplit("_s", 1)[0] for n in third} <= {n.rsplit("_s", 1)[0] for n in names
-                                                      if n.endswith("_s1")}
+  # Seed 3 exactly for the runs the undecided cells read: the constant run at the cell's LR
+  # (one LR for all horizons) and the envelope's cosine run at its horizon and LR.
+  assert third == {name for row in report.rows for c in row.cells if c.tested and c.look == 2
+                   for name in (plan.run_name("constant", c.lr, 3),
+                                plan.run_name(row.envelope_family, row.envelope_lr, 3,
+                                              row.horizon))}
   before = file_bytes((tmp_path / "runs").rglob("metrics.jsonl"))
   compare.run_suite(config, str(tmp_path))
   assert file_bytes((tmp_path / "runs").rglob("metrics.jsonl")) == before

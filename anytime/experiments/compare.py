@@ -363,14 +363,21 @@ def _chosen(records, methods, tuning_seeds, s
   chosen: dict[tuple[str, int | None], set[float]] = {}
   branches: set[tuple[str, int, float]] = set()
   for column, choice in choices.items():
-    if column.method not in by_name:
-      continue
-    method = methods_lib.run_method(by_name, column.method)
-    for h, optimum in choice.optima.items():
-      chosen.setdefault((method.name, h if method.per_horizon else None), set()).add(optimum.lr)
-      if isinstance(by_name[column.method], methods_lib.DecayBranch):
-        branches.add((column.method, h, optimum.lr))
+    if column.method in by_name:
+      for h, optimum in choice.optima.items():
+        _want(by_name, column.method, h, optimum.lr, chosen, branches)
   return chosen, branches
+
+
+def _want(by_name: Mapping[str, methods_lib.Method], column_method: str, horizon: int,
+          lr: float, runs: dict[tuple[str, int | None], set[float]],
+          branches: set[tuple[str, int, float]]) -> None:
+  """Adds what a column's number at (horizon, LR) needs: the run it is read from (its parent's
+  for a decay branch; horizon None for a method with one LR for all horizons) and the branch."""
+  method = methods_lib.run_method(by_name, column_method)
+  runs.setdefault((method.name, horizon if method.per_horizon else None), set()).add(lr)
+  if isinstance(by_name[column_method], methods_lib.DecayBranch):
+    branches.add((column_method, horizon, lr))
 
 
 def _run(config: ml_collections.ConfigDict, root: epath.Path,
@@ -396,12 +403,9 @@ def _run(config: ml_collections.ConfigDict, root: epath.Path,
     wanted_branches: set[tuple[str, int, float]] = set()
     by_name = methods_lib.by_name(methods)
     for cell in verdict.undecided_cells(report):
-      method = methods_lib.run_method(by_name, cell.column.method)
-      wanted.setdefault((method.name, cell.horizon if method.per_horizon else None),
-                        set()).add(cell.lr)
-      wanted.setdefault((cell.envelope_family, cell.horizon), set()).add(cell.envelope_lr)
-      if isinstance(by_name[cell.column.method], methods_lib.DecayBranch):
-        wanted_branches.add((cell.column.method, cell.horizon, cell.lr))
+      _want(by_name, cell.column.method, cell.horizon, cell.lr, wanted, wanted_branches)
+      _want(by_name, cell.envelope_family, cell.horizon, cell.envelope_lr, wanted,
+            wanted_branches)
     if wanted:
       second_runs = plan.plan_runs(config, root, methods,
                                    {k: sorted(v) for k, v in wanted.items()}, second,

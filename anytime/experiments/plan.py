@@ -23,6 +23,7 @@ from etils import epath
 from anytime import batched, checkpoint, naming
 from anytime import workdir as workdir_lib
 from anytime.experiments import methods as methods_lib
+from anytime.experiments import tuning
 from anytime.lm import model as model_lib
 
 
@@ -101,7 +102,7 @@ def plan_runs(config: ml_collections.ConfigDict, root: epath.Path,
           if isinstance(child, methods_lib.DecayBranch):
             planned += [_branch(main, child, s, h, windows) for h in hs
                         if branches is None or any(
-                            (b, bh) == (child.name, h) and abs(blr - lr) <= 1e-6 * lr
+                            (b, bh) == (child.name, h) and tuning.same_lr(blr, lr)
                             for b, bh, blr in branches)]
   return planned
 
